@@ -1,0 +1,315 @@
+"""The feature store: one zarr v3 group per (model, dataset), written chunk by chunk, resumable.
+
+Layout::
+
+    store.zarr/                  group attrs: backbone, weights_sha256, preprocessing, dataset,
+      train/                       num_classes, class_names, dtype, versions, created, complete, ...
+        features   (N, D)        float16 (default) or float32, chunked along rows
+        labels     (N,)          int64
+        ids        (N,)          str
+        chunks_done (n_chunks,)  bool, set after a chunk's three arrays are written
+      test/ ...
+
+Every chunk write is atomic (zarr's local store writes through a temporary file and a rename),
+``chunks_done`` is set only after a chunk's rows are in place, and the group attribute
+``complete`` becomes true only after every chunk of both splits is done. A killed writer therefore
+never leaves a store that reads as complete, and a rerun continues with the missing chunks.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+SPLITS = ("train", "test")
+DTYPES = ("float16", "float32")
+DEFAULT_CHUNK_ROWS = 2048
+# Attributes that identify what a store holds: resuming into a store that differs in any of them
+# is an error rather than a silent mix of two extractions.
+IDENTITY_KEYS = ("backbone", "dataset", "weights_sha256", "preprocessing", "dtype")
+_VERSION_PACKAGES = ("alfm", "torch", "torchvision", "timm", "open_clip_torch", "zarr", "numpy")
+
+
+class IncompleteStoreError(RuntimeError):
+    """A store whose writer has not finished (still running, killed or failed)."""
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One split of a store: ``features`` (N, D), ``labels`` (N,) int64, ``ids`` (N,) str."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.features)
+        if self.features.ndim != 2:
+            raise ValueError(f"features must be 2-D (N, D), got shape {self.features.shape}")
+        if self.labels.shape != (n,) or self.ids.shape != (n,):
+            raise ValueError(
+                f"features, labels and ids must have the same number of rows, got "
+                f"{self.features.shape}, {self.labels.shape}, {self.ids.shape}"
+            )
+
+
+class FeatureStore:
+    """A complete feature store opened for reading (see :func:`open_store`)."""
+
+    def __init__(self, path: Path, group: zarr.Group) -> None:
+        self.path = path
+        self._group = group
+        self.attrs: dict[str, Any] = dict(group.attrs)
+
+    def num_rows(self, split: str) -> int:
+        """Number of samples in ``split``."""
+        return int(self._split(split)["features"].shape[0])
+
+    def load(self, split: str) -> SplitData:
+        """Read one split fully into memory."""
+        group = self._split(split)
+        return SplitData(
+            features=np.asarray(group["features"][:]),
+            labels=np.asarray(group["labels"][:], dtype=np.int64),
+            ids=np.asarray(group["ids"][:], dtype=object).astype(str),
+        )
+
+    def _split(self, split: str) -> zarr.Group:
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; a store has splits {', '.join(SPLITS)}")
+        return self._group[split]
+
+    def __repr__(self) -> str:
+        return (
+            f"FeatureStore({str(self.path)!r}, backbone={self.attrs.get('backbone')!r}, "
+            f"dataset={self.attrs.get('dataset')!r}, train={self.num_rows('train')}, "
+            f"test={self.num_rows('test')})"
+        )
+
+
+def _open_group(path: Path) -> zarr.Group:
+    if not (path / "zarr.json").is_file():
+        raise FileNotFoundError(f"no feature store at {path} (no zarr.json)")
+    try:
+        return zarr.open_group(str(path), mode="r", zarr_format=3)
+    except Exception as err:  # zarr raises several types for unreadable metadata
+        raise IncompleteStoreError(f"feature store {path} cannot be read: {err}") from err
+
+
+def open_store(path: str | Path) -> FeatureStore:
+    """Open a complete store; ``IncompleteStoreError`` if its writer did not finish."""
+    path = Path(path)
+    group = _open_group(path)
+    if group.attrs.get("complete") is not True:
+        done = {
+            split: f"{int(np.sum(group[split]['chunks_done'][:]))}/"
+            f"{group[split]['chunks_done'].shape[0]}"
+            for split in SPLITS
+            if split in group
+        }
+        raise IncompleteStoreError(
+            f"feature store {path} is incomplete (chunks done: {done}); rerun the extraction "
+            "to resume it"
+        )
+    return FeatureStore(path, group)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape the features."""
+    versions = {"python": platform.python_version()}
+    for name in _VERSION_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+class StoreWriter:
+    """Writes a store chunk by chunk; reopening the same path resumes it.
+
+    Use :meth:`open` to create or resume, :meth:`pending_chunks` for the work left,
+    :meth:`write_chunk` per chunk and :meth:`finish` to mark the store complete.
+    """
+
+    def __init__(self, path: Path, group: zarr.Group, chunk_rows: int) -> None:
+        self.path = path
+        self._group = group
+        self.chunk_rows = chunk_rows
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        attrs: Mapping[str, Any],
+        sizes: Mapping[str, int],
+        dim: int,
+        *,
+        dtype: str = "float16",
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> StoreWriter:
+        """Create a new store at ``path`` or resume the one there if it holds the same extraction.
+
+        ``attrs`` must contain ``backbone`` and ``dataset``; ``sizes`` maps each split to its
+        number of rows and ``dim`` is the feature dimension. A store of another model or dataset
+        at ``path`` is a ``FileExistsError`` naming both.
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        if set(sizes) != set(SPLITS):
+            raise ValueError(f"sizes must give the rows of {SPLITS}, got {sorted(sizes)}")
+        for key in ("backbone", "dataset"):
+            if key not in attrs:
+                raise ValueError(f"store attrs need {key!r}")
+        path = Path(path)
+        attrs = {**attrs, "dtype": dtype, "dim": int(dim), "chunk_rows": int(chunk_rows)}
+        attrs["sizes"] = {split: int(sizes[split]) for split in SPLITS}
+        if (path / "zarr.json").is_file():
+            group = _open_group(path)
+            _check_same(path, dict(group.attrs), attrs)
+            group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+            return cls(path, group, chunk_rows)
+        if path.exists() and any(path.iterdir()):
+            raise FileExistsError(f"{path} exists and is not a feature store; choose another --out")
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        for split in SPLITS:
+            n = int(sizes[split])
+            n_chunks = -(-n // chunk_rows)
+            rows = max(1, min(chunk_rows, n))
+            sub = group.create_group(split)
+            sub.create_array("features", shape=(n, dim), chunks=(rows, dim), dtype=dtype)
+            sub.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", fill_value=-1)
+            sub.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)
+            sub.create_array("chunks_done", shape=(n_chunks,), chunks=(1,), dtype=bool)
+        group.attrs.update(
+            {
+                **attrs,
+                "versions": package_versions(),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                "complete": False,
+            }
+        )
+        return cls(path, group, chunk_rows)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the store has been finished."""
+        return self._group.attrs.get("complete") is True
+
+    def num_chunks(self, split: str) -> int:
+        """Number of row chunks of ``split``."""
+        return int(self._group[split]["chunks_done"].shape[0])
+
+    def chunk_slice(self, split: str, index: int) -> slice:
+        """Rows covered by chunk ``index`` of ``split``."""
+        n = int(self._group[split]["features"].shape[0])
+        return slice(index * self.chunk_rows, min((index + 1) * self.chunk_rows, n))
+
+    def pending_chunks(self, split: str) -> list[int]:
+        """Chunks of ``split`` not yet written, in order."""
+        done = np.asarray(self._group[split]["chunks_done"][:], dtype=bool)
+        return [int(i) for i in np.flatnonzero(~done)]
+
+    def write_chunk(
+        self, split: str, index: int, features: np.ndarray, labels: np.ndarray, ids: np.ndarray
+    ) -> None:
+        """Write the rows of one whole chunk, then mark it done."""
+        rows = self.chunk_slice(split, index)
+        n = rows.stop - rows.start
+        group = self._group[split]
+        if features.shape != (n, group["features"].shape[1]) or len(labels) != n or len(ids) != n:
+            raise ValueError(
+                f"chunk {index} of {split} needs {n} rows of dim {group['features'].shape[1]}, "
+                f"got features {features.shape}, {len(labels)} labels, {len(ids)} ids"
+            )
+        group["features"][rows] = np.asarray(features, dtype=group["features"].dtype)
+        group["labels"][rows] = np.asarray(labels, dtype=np.int64)
+        group["ids"][rows] = np.asarray(ids, dtype=str)
+        group["chunks_done"][index] = True
+
+    def finish(self, extra_attrs: Mapping[str, Any] | None = None) -> None:
+        """Mark the store complete; every chunk of every split must be done."""
+        missing = {split: self.pending_chunks(split) for split in SPLITS}
+        if any(missing.values()):
+            raise IncompleteStoreError(f"cannot finish {self.path}: chunks missing {missing}")
+        self._group.attrs.update({**(extra_attrs or {}), "complete": True})
+
+
+def _check_same(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
+    if (existing.get("backbone"), existing.get("dataset")) != (
+        wanted["backbone"],
+        wanted["dataset"],
+    ):
+        raise FileExistsError(
+            f"{path} holds the store of model {existing.get('backbone')!r} on dataset "
+            f"{existing.get('dataset')!r}, not model {wanted['backbone']!r} on dataset "
+            f"{wanted['dataset']!r}; choose another output path or delete it"
+        )
+    for key in (*IDENTITY_KEYS, "dim", "chunk_rows", "sizes"):
+        if key in wanted and existing.get(key) != wanted[key]:
+            raise FileExistsError(
+                f"{path} holds a store of {wanted['backbone']!r} on {wanted['dataset']!r} made "
+                f"with {key}={existing.get(key)!r}, not {wanted[key]!r}; delete it to re-extract"
+            )
+
+
+def write_store(
+    path: str | Path,
+    train: SplitData,
+    test: SplitData,
+    attrs: Mapping[str, Any] | None = None,
+    *,
+    dtype: str = "float16",
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    overwrite: bool = False,
+) -> FeatureStore:
+    """Write a complete store from in-memory splits (synthetic and test stores).
+
+    An existing ``path`` is a ``FileExistsError`` unless ``overwrite``, which deletes it first.
+    Missing attributes get defaults: ``backbone``/``dataset`` "synthetic", ``num_classes`` from the
+    labels, ``class_names`` "0".."C-1", ``weights_sha256`` and ``preprocessing`` None.
+    """
+    path = Path(path)
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        shutil.rmtree(path)
+    data = {"train": train, "test": test}
+    dims = {split.features.shape[1] for split in data.values()}
+    if len(dims) != 1:
+        raise ValueError(f"train and test features differ in dimension: {sorted(dims)}")
+    num_classes = int(max(np.max(s.labels, initial=-1) for s in data.values())) + 1
+    full = {
+        "backbone": "synthetic",
+        "dataset": "synthetic",
+        "weights_sha256": None,
+        "preprocessing": None,
+        "num_classes": num_classes,
+        "class_names": [str(c) for c in range(num_classes)],
+        **(attrs or {}),
+    }
+    writer = StoreWriter.open(
+        path,
+        full,
+        {split: len(s.features) for split, s in data.items()},
+        dims.pop(),
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+    )
+    for split, s in data.items():
+        for index in writer.pending_chunks(split):
+            rows = writer.chunk_slice(split, index)
+            writer.write_chunk(split, index, s.features[rows], s.labels[rows], s.ids[rows])
+    writer.finish()
+    return open_store(path)

@@ -1,0 +1,98 @@
+"""The zarr feature store: round trip, completion marker, resume and identity checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from alfm.store import (
+    IncompleteStoreError,
+    SplitData,
+    StoreWriter,
+    open_store,
+    write_store,
+)
+
+
+def _split(n: int, dim: int, seed: int, prefix: str) -> SplitData:
+    rng = np.random.default_rng(seed)
+    return SplitData(
+        features=rng.normal(size=(n, dim)).astype(np.float32),
+        labels=rng.integers(0, 3, n),
+        ids=np.array([f"{prefix}{i}" for i in range(n)]),
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_round_trip(tmp_path, dtype):
+    train, test = _split(23, 5, 0, "tr"), _split(7, 5, 1, "te")
+    store = write_store(
+        tmp_path / "s.zarr", train, test, {"dataset": "toy"}, dtype=dtype, chunk_rows=4
+    )
+    assert store.attrs["complete"] is True
+    assert store.attrs["dataset"] == "toy" and store.attrs["backbone"] == "synthetic"
+    assert store.attrs["dtype"] == dtype and store.attrs["num_classes"] == 3
+    assert "zarr" in store.attrs["versions"]
+    for split, data in (("train", train), ("test", test)):
+        got = open_store(tmp_path / "s.zarr").load(split)
+        assert got.features.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got.features, data.features.astype(dtype))
+        np.testing.assert_array_equal(got.labels, data.labels)
+        assert got.labels.dtype == np.int64
+        assert list(got.ids) == list(data.ids)
+    assert store.num_rows("train") == 23
+
+
+def test_missing_and_existing_paths(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no feature store"):
+        open_store(tmp_path / "none.zarr")
+    write_store(tmp_path / "s.zarr", _split(3, 2, 0, "a"), _split(2, 2, 1, "b"))
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_store(tmp_path / "s.zarr", _split(3, 2, 0, "a"), _split(2, 2, 1, "b"))
+    store = write_store(
+        tmp_path / "s.zarr", _split(4, 2, 0, "a"), _split(2, 2, 1, "b"), overwrite=True
+    )
+    assert store.num_rows("train") == 4
+    with pytest.raises(ValueError, match="unknown split 'val'"):
+        store.load("val")
+
+
+def _writer(path, **attrs):
+    base = {"backbone": "m", "dataset": "d", **attrs}
+    return StoreWriter.open(path, base, {"train": 10, "test": 3}, 2, chunk_rows=4)
+
+
+def test_partial_store_is_incomplete_and_resumes(tmp_path):
+    path = tmp_path / "s.zarr"
+    writer = _writer(path)
+    assert writer.num_chunks("train") == 3 and writer.pending_chunks("test") == [0]
+    writer.write_chunk("train", 1, np.ones((4, 2)), np.arange(4), np.array(list("abcd")))
+    with pytest.raises(IncompleteStoreError, match="incomplete"):
+        open_store(path)
+    with pytest.raises(IncompleteStoreError, match="chunks missing"):
+        writer.finish()
+    resumed = _writer(path)
+    assert resumed.pending_chunks("train") == [0, 2]
+    assert resumed.chunk_slice("train", 2) == slice(8, 10)
+    with pytest.raises(ValueError, match="needs 2 rows"):
+        resumed.write_chunk("train", 2, np.ones((4, 2)), np.arange(4), np.array(list("abcd")))
+    resumed.write_chunk("train", 0, np.zeros((4, 2)), np.arange(4), np.array(list("efgh")))
+    resumed.write_chunk("train", 2, np.zeros((2, 2)), np.arange(2), np.array(list("ij")))
+    resumed.write_chunk("test", 0, np.zeros((3, 2)), np.arange(3), np.array(list("klm")))
+    resumed.finish()
+    data = open_store(path).load("train")
+    assert "".join(data.ids) == "efghabcdij"
+    np.testing.assert_array_equal(data.features[4:8], np.ones((4, 2)))
+
+
+def test_other_model_or_dataset_is_refused(tmp_path):
+    path = tmp_path / "s.zarr"
+    _writer(path)
+    with pytest.raises(FileExistsError, match="model 'm' on dataset 'd', not model 'x'"):
+        StoreWriter.open(path, {"backbone": "x", "dataset": "d"}, {"train": 10, "test": 3}, 2)
+    with pytest.raises(FileExistsError, match="weights_sha256"):
+        _writer(path, weights_sha256="abc")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a feature store"):
+        _writer(tmp_path / "other")
