@@ -1,0 +1,302 @@
+"""Paper figures from the tidy run table: learning curves, AUC heatmap, query time, DropQuery.
+
+Colors are fixed per strategy name (Okabe-Ito, extended with tab10 tones) in :data:`STRATEGY_COLORS`
+so a strategy looks the same in every figure; unknown names get a stable color from the extension
+list. Incomplete arms (fewer seeds or truncated runs) are drawn dashed or hatched and marked with
+``*`` plus a note.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from alfm.results import compute_tables  # noqa: E402
+
+FIGURE_NAMES = ("learning_curves", "auc_heatmap", "query_time", "dropquery_summary")
+COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
+PAGE_WIDTH = 7.0
+STRATEGY_COLORS = {
+    "random": "#000000",
+    "dropquery": "#D55E00",
+    "uncertainty": "#E69F00",
+    "entropy": "#56B4E9",
+    "margins": "#009E73",
+    "bald": "#0072B2",
+    "powerbald": "#CC79A7",
+    "coreset": "#8C564B",
+    "badge": "#7F7F7F",
+    "alfamix": "#BCBD22",
+    "typiclust": "#17BECF",
+    "probcover": "#9467BD",
+}
+EXTRA_COLORS = ("#F0E442", "#1F77B4", "#2CA02C", "#D62728", "#FF7F0E", "#E377C2", "#AEC7E8")
+INCOMPLETE_NOTE = "* incomplete: fewer seeds or truncated runs (see completeness.csv)"
+STYLE = {
+    "font.size": 7,
+    "axes.titlesize": 7,
+    "axes.labelsize": 7,
+    "legend.fontsize": 6,
+    "xtick.labelsize": 6,
+    "ytick.labelsize": 6,
+    "lines.linewidth": 1.0,
+    "savefig.dpi": 300,
+    "pdf.fonttype": 42,
+}
+
+
+def strategy_color(strategy: str) -> str:
+    """The fixed color of a strategy name; unknown names hash to a stable extension color."""
+    if strategy in STRATEGY_COLORS:
+        return STRATEGY_COLORS[strategy]
+    return EXTRA_COLORS[zlib.crc32(strategy.encode()) % len(EXTRA_COLORS)]
+
+
+def _arm_order(frame: pd.DataFrame) -> list[str]:
+    """Arms with random first, DropQuery last, the rest alphabetical."""
+    arms = sorted(frame["arm"].unique())
+    rank = {"random": 0, "dropquery": 2}
+    strategy_of = dict(zip(frame["arm"], frame["strategy"], strict=False))
+    return sorted(arms, key=lambda a: (rank.get(strategy_of[a], 1), a))
+
+
+def _panels(n: int) -> tuple[int, int, float]:
+    """(rows, cols, figure width) for n panels: one column-wide panel, else up to 3 per row."""
+    cols = 1 if n == 1 else min(3, n)
+    rows = int(np.ceil(n / cols))
+    return rows, cols, COLUMN_WIDTH if n == 1 else PAGE_WIDTH
+
+
+def _pairs(frame: pd.DataFrame) -> list[tuple[str, str]]:
+    return sorted(frame[["model", "dataset"]].drop_duplicates().itertuples(index=False, name=None))
+
+
+def plot_learning_curves(curves: pd.DataFrame, metric: str = "accuracy") -> Figure:
+    """One panel per (model, dataset): mean ``metric`` vs labels with 95% CI bands, one line per
+    arm; arms with incomplete data dashed and starred."""
+    pairs = _pairs(curves)
+    rows, cols, width = _panels(len(pairs))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            rows, cols, figsize=(width, 2.3 * rows + 0.5), squeeze=False, sharey=False
+        )
+        order = _arm_order(curves)
+        incomplete_any = False
+        for ax, (model, dataset) in zip(axes.flat, pairs, strict=False):
+            here = curves[(curves["model"] == model) & (curves["dataset"] == dataset)]
+            for arm in order:
+                curve = here[here["arm"] == arm].sort_values("round")
+                if curve.empty:
+                    continue
+                complete = bool(curve["complete"].all())
+                incomplete_any |= not complete
+                color = strategy_color(str(curve["strategy"].iloc[0]))
+                x = curve["num_labeled"].to_numpy()
+                ax.plot(
+                    x,
+                    curve[f"{metric}_mean"],
+                    color=color,
+                    linestyle="-" if complete else "--",
+                    label=arm if complete else f"{arm}*",
+                )
+                ax.fill_between(
+                    x,
+                    curve[f"{metric}_ci_low"],
+                    curve[f"{metric}_ci_high"],
+                    color=color,
+                    alpha=0.15,
+                    linewidth=0,
+                )
+            ax.set_title(f"{model} / {dataset}")
+            ax.set_xlabel("labeled samples")
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.grid(alpha=0.3)
+            ax.legend(ncol=2, frameon=False, loc="lower right")
+        for ax in axes.flat[len(pairs) :]:
+            ax.set_visible(False)
+        _finish(fig, incomplete_any, "lines: mean over seeds; bands: 95% t-interval")
+    return fig
+
+
+def plot_auc_heatmap(auc: pd.DataFrame, rank_table: pd.DataFrame) -> Figure:
+    """Arms × (model, dataset) heatmap of mean normalized AUC, each cell annotated with its rank;
+    incomplete cells hatched, cells without a complete run grey."""
+    pairs = _pairs(auc)
+    order = _arm_order(auc)
+    table = auc.merge(
+        rank_table[["model", "dataset", "arm", "rank"]], on=["model", "dataset", "arm"]
+    )
+    values = np.full((len(order), len(pairs)), np.nan)
+    ranks = np.full_like(values, np.nan)
+    complete = np.ones_like(values, dtype=bool)
+    for row in table.itertuples(index=False):
+        i, j = order.index(row.arm), pairs.index((row.model, row.dataset))
+        values[i, j], ranks[i, j], complete[i, j] = row.auc_full_mean, row.rank, row.complete
+    with plt.rc_context(STYLE):
+        width = min(PAGE_WIDTH, max(COLUMN_WIDTH, 1.6 + 0.9 * len(pairs)))
+        fig, ax = plt.subplots(figsize=(width, 0.9 + 0.22 * len(order)))
+        cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#DDDDDD")
+        image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
+        for i in range(len(order)):
+            for j in range(len(pairs)):
+                if not complete[i, j]:
+                    ax.add_patch(
+                        plt.Rectangle(
+                            (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white"
+                        )
+                    )
+                text = "n/a" if np.isnan(values[i, j]) else f"{values[i, j]:.3f} ({ranks[i, j]:g})"
+                ax.text(j, i, text, ha="center", va="center", fontsize=5, color="#444444")
+        ax.set_xticks(range(len(pairs)), [f"{m}\n{d}" for m, d in pairs])
+        ax.set_yticks(
+            range(len(order)), [a if complete[i].all() else f"{a}*" for i, a in enumerate(order)]
+        )
+        fig.colorbar(image, ax=ax, label="normalized AUC", fraction=0.05, pad=0.02)
+        ax.set_title("AUC of the learning curve (rank in parentheses)")
+        _finish(fig, not complete.all(), "hatched: incomplete; grey: no complete run")
+    return fig
+
+
+def plot_query_time(costs: pd.DataFrame) -> Figure:
+    """Median seconds per query for each arm (log scale), one bar group per (model, dataset);
+    error bars reach the slowest query; incomplete arms hatched."""
+    pairs = _pairs(costs)
+    order = _arm_order(costs)
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH if len(pairs) == 1 else PAGE_WIDTH, 2.6))
+        width = 0.8 / len(pairs)
+        for j, (model, dataset) in enumerate(pairs):
+            here = costs[(costs["model"] == model) & (costs["dataset"] == dataset)]
+            here = here.set_index("arm").reindex(order)
+            x = np.arange(len(order)) + (j - (len(pairs) - 1) / 2) * width
+            median = here["query_seconds_median"].to_numpy(dtype=float)
+            upper = here["query_seconds_max"].to_numpy(dtype=float) - median
+            bars = ax.bar(
+                x,
+                median,
+                width,
+                yerr=[np.zeros_like(upper), upper],
+                color=[strategy_color(str(s)) for s in here["strategy"].fillna("")],
+                edgecolor="white" if len(pairs) == 1 else ["white", "#444444"][j % 2],
+                error_kw={"elinewidth": 0.6, "capsize": 1.5},
+                label=f"{model} / {dataset}",
+            )
+            for bar, done in zip(bars, here["complete"].fillna(False), strict=True):
+                if not done:
+                    bar.set_hatch("///")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(order)), order, rotation=45, ha="right")
+        ax.set_ylabel("seconds per query (median)")
+        ax.grid(axis="y", alpha=0.3, which="both")
+        if len(pairs) > 1:
+            ax.legend(frameon=False)
+        incomplete = not costs["complete"].all()
+        _finish(fig, incomplete, "bars: median over queries; whiskers: slowest query")
+    return fig
+
+
+def plot_dropquery_summary(tests_vs_dropquery: pd.DataFrame) -> Figure:
+    """Forest plot per (model, dataset): DropQuery's AUC minus each other arm's, paired by seed,
+    with 95% t-intervals; filled markers where the paired test gives p < 0.05."""
+    frame = tests_vs_dropquery
+    pairs = _pairs(frame) if len(frame) else []
+    rows, cols, width = _panels(max(1, len(pairs)))
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            rows,
+            cols,
+            figsize=(width, 0.8 + 0.18 * max(3, frame["arm"].nunique()) * rows),
+            squeeze=False,
+        )
+        if not pairs:
+            axes[0, 0].text(0.5, 0.5, "no dropquery runs", ha="center", va="center")
+            axes[0, 0].set_axis_off()
+        order = _arm_order(frame) if len(frame) else []
+        for ax, (model, dataset) in zip(axes.flat, pairs, strict=False):
+            here = frame[(frame["model"] == model) & (frame["dataset"] == dataset)]
+            here = here.set_index("arm").reindex([a for a in order if a in set(here["arm"])])
+            y = np.arange(len(here))
+            diff = -here["mean_diff"].to_numpy(dtype=float)
+            low = -here["diff_ci_high"].to_numpy(dtype=float)
+            high = -here["diff_ci_low"].to_numpy(dtype=float)
+            for k, row in enumerate(here.itertuples()):
+                color = strategy_color(str(row.strategy))
+                significant = bool(row.p_value < 0.05)
+                ax.errorbar(
+                    diff[k],
+                    y[k],
+                    xerr=[[diff[k] - low[k]], [high[k] - diff[k]]]
+                    if not np.isnan(low[k])
+                    else None,
+                    fmt="o",
+                    color=color,
+                    markerfacecolor=color if significant else "white",
+                    markersize=3.5,
+                    elinewidth=0.8,
+                    capsize=1.5,
+                )
+            ax.axvline(0, color="#888888", linewidth=0.6)
+            ax.set_yticks(
+                y, [a if c else f"{a}*" for a, c in zip(here.index, here["complete"], strict=True)]
+            )
+            ax.invert_yaxis()
+            ax.set_xlabel("DropQuery AUC − arm AUC")
+            ax.set_title(f"{model} / {dataset}")
+            ax.grid(axis="x", alpha=0.3)
+        for ax in axes.flat[max(1, len(pairs)) :]:
+            ax.set_visible(False)
+        incomplete = bool(len(frame)) and not frame["complete"].all()
+        _finish(fig, incomplete, "filled: p < 0.05 (paired test across seeds); bars: 95% CI")
+    return fig
+
+
+def _finish(fig: Figure, incomplete: bool, note: str) -> None:
+    """Tight layout with a footnote: the figure's reading note and the incomplete marker."""
+    text = note + ("\n" + INCOMPLETE_NOTE if incomplete else "")
+    fig.text(0.01, 0.005, text, fontsize=5, va="bottom", ha="left", color="#444444")
+    fig.tight_layout(rect=(0, 0.06 if incomplete else 0.035, 1, 1))
+
+
+def make_figures(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, Figure]:
+    """Every paper figure for a tidy run table (:func:`alfm.results.load_runs`), keyed by name."""
+    from alfm.results import paired_tests
+
+    tables = compute_tables(runs, metric)
+    completeness = tables["completeness"].set_index(["model", "dataset", "arm"])["complete"]
+    costs = tables["costs"].join(completeness, on=["model", "dataset", "arm"])
+    vs_dropquery = paired_tests(tables["auc_runs"], baseline="dropquery")
+    vs_dropquery = vs_dropquery.join(completeness, on=["model", "dataset", "arm"])
+    return {
+        "learning_curves": plot_learning_curves(tables["curves"], metric),
+        "auc_heatmap": plot_auc_heatmap(tables["auc"], tables["ranks"]),
+        "query_time": plot_query_time(costs),
+        "dropquery_summary": plot_dropquery_summary(vs_dropquery),
+    }
+
+
+def write_figures(
+    runs: pd.DataFrame,
+    out_dir: str | Path,
+    formats: Sequence[str] = ("png", "pdf"),
+    metric: str = "accuracy",
+) -> list[Path]:
+    """Render :func:`make_figures` into ``out_dir/<name>.<format>`` and return the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, fig in make_figures(runs, metric).items():
+        for fmt in formats:
+            path = out_dir / f"{name}.{fmt}"
+            fig.savefig(path)
+            written.append(path)
+        plt.close(fig)
+    return written

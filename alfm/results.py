@@ -1,0 +1,585 @@
+"""Tidy tables and learning-curve statistics from the per-run Parquet files.
+
+Every run file (written by :mod:`alfm.run`) holds one row per evaluation round. :func:`load_runs`
+concatenates them into one tidy table with an ``arm`` column (what is compared: the strategy, its
+label, or strategy + init when one strategy runs with several inits) and completeness columns.
+
+Conventions used by every statistic here:
+
+- A run is *complete* when it has every expected evaluation (the ``budget.evaluations`` of its
+  config, else the most rounds any run of its (model, dataset) has). An arm is complete when every
+  seed of its (model, dataset) is present and complete.
+- Per-round curves average every seed that reached the round and report how many did (``n_seeds``).
+- Whole-run statistics (AUC, ranks, paired tests, label savings) use complete runs only; how many
+  were used and whether the arm is complete is in every table, so partial data is never averaged
+  as if it were complete.
+- Confidence intervals are two-sided 95% Student-t intervals over seeds: mean ± t(0.975, n−1)·s/√n
+  (NaN for a single seed).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+from scipy import stats
+
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "auroc")
+RUN_COLUMNS = (
+    "round",
+    "num_labeled",
+    *METRICS,
+    "classes_seen",
+    "train_seconds",
+    "eval_seconds",
+    "query_seconds",
+    "peak_host_mb",
+    "peak_device_mb",
+    "model",
+    "dataset",
+    "strategy",
+    "init",
+    "seed",
+)
+ID_COLUMNS = ("model", "dataset", "arm", "strategy", "init")
+RUN_KEYS = ("model", "dataset", "arm", "seed")
+BASELINE = "random"
+WILCOXON_MIN_SEEDS = 6
+AUC_WINDOW = 5
+TABLE_NAMES = (
+    "curves.csv",
+    "auc_runs.csv",
+    "auc.csv",
+    "ranks.csv",
+    "mean_ranks.csv",
+    "tests.csv",
+    "savings.csv",
+    "costs.csv",
+    "completeness.csv",
+    "summary.md",
+)
+
+
+def _run_metadata(path: Path) -> dict:
+    """The run config stored as JSON under the ``alfm`` key of the Parquet schema metadata."""
+    meta = pq.read_schema(path).metadata or {}
+    raw = meta.get(b"alfm")
+    return json.loads(raw) if raw else {}
+
+
+def _expected_evaluations(meta: dict) -> float:
+    """``budget.evaluations`` of a run config (also accepted at the top level), else NaN."""
+    for source in (meta.get("config", {}), meta):
+        budget = source.get("budget") if isinstance(source, dict) else None
+        if isinstance(budget, dict) and budget.get("evaluations") is not None:
+            return float(budget["evaluations"])
+        if isinstance(source, dict) and source.get("evaluations") is not None:
+            return float(source["evaluations"])
+    return float("nan")
+
+
+def _run_label(meta: dict) -> str | None:
+    """A user-given label for the run's strategy entry, if its config carries one."""
+    for source in (meta.get("config", {}), meta):
+        if isinstance(source, dict) and isinstance(source.get("label"), str):
+            return source["label"]
+    return None
+
+
+def _read_run(path: Path) -> pd.DataFrame:
+    if not path.exists():
+        raise FileNotFoundError(f"run result {path} does not exist")
+    frame = pd.read_parquet(path)
+    missing = [c for c in RUN_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ValueError(f"run result {path} lacks columns {missing}")
+    meta = _run_metadata(path)
+    frame = frame.copy()
+    frame["expected_rounds"] = _expected_evaluations(meta)
+    frame["label"] = _run_label(meta)
+    frame["source"] = str(path)
+    return frame
+
+
+def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Concatenate run Parquets (or an already combined ``runs.parquet``) into one tidy table.
+
+    Adds ``arm`` (the compared unit), ``n_rounds``, ``expected_rounds``, ``expected_seeds`` and
+    ``run_complete``. Raises ``ValueError`` for no paths, missing columns or duplicated rounds.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no run result files given")
+    frames = [_read_run(p) for p in paths]
+    runs = pd.concat(frames, ignore_index=True)
+    if "arm" not in runs.columns or runs["arm"].isna().any():
+        runs["arm"] = _arms(runs)
+    key = ["model", "dataset", "arm", "seed", "round"]
+    dup = runs.duplicated(key, keep=False)
+    if dup.any():
+        row = runs.loc[dup, key + ["source"]].iloc[0]
+        raise ValueError(
+            f"round {row['round']} of {dict(row[key[:-1]])} appears twice ({row['source']})"
+        )
+    return _add_completeness(runs.sort_values(key, ignore_index=True))
+
+
+def _arms(runs: pd.DataFrame) -> pd.Series:
+    """Label first, else strategy; strategy[init] where one strategy runs with several inits."""
+    inits = runs.groupby("strategy")["init"].nunique()
+    multi = runs["strategy"].map(inits) > 1
+    base = runs["label"].where(runs["label"].notna(), runs["strategy"]).astype(str)
+    return base.where(~multi | runs["label"].notna(), base + "[" + runs["init"].astype(str) + "]")
+
+
+def _add_completeness(runs: pd.DataFrame) -> pd.DataFrame:
+    """Round counts and completeness flags per run (see the module docstring)."""
+    runs = runs.drop(columns=["n_rounds", "expected_seeds", "run_complete"], errors="ignore")
+    runs["n_rounds"] = runs.groupby(list(RUN_KEYS))["round"].transform("size")
+    fallback = runs.groupby(["model", "dataset"])["n_rounds"].transform("max")
+    runs["expected_rounds"] = runs["expected_rounds"].fillna(fallback).astype(int)
+    runs["expected_seeds"] = runs.groupby(["model", "dataset"])["seed"].transform("nunique")
+    runs["run_complete"] = runs["n_rounds"] >= runs["expected_rounds"]
+    return runs
+
+
+def combine_runs(paths: Sequence[str | Path], out_path: str | Path) -> pd.DataFrame:
+    """Load run files with :func:`load_runs` and write the tidy table as one Parquet file."""
+    runs = load_runs(paths)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    runs.to_parquet(out_path, index=False)
+    return runs
+
+
+def mean_ci(
+    values: Sequence[float] | np.ndarray, confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean and two-sided Student-t interval; (mean, NaN, NaN) for fewer than 2 values."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, float("nan"), float("nan")
+    sem = stats.sem(x)
+    if sem == 0:
+        return mean, mean, mean
+    low, high = stats.t.interval(confidence, df=x.size - 1, loc=mean, scale=sem)
+    return mean, float(low), float(high)
+
+
+def _ci_frame(groups: pd.core.groupby.DataFrameGroupBy, column: str, prefix: str) -> pd.DataFrame:
+    """Per-group n, mean, std and 95% t-interval of ``column``, columns named ``{prefix}_*``."""
+    rows = {}
+    for key, values in groups[column]:
+        mean, low, high = mean_ci(values.to_numpy())
+        rows[key] = {
+            f"{prefix}_mean": mean,
+            f"{prefix}_std": float(values.std(ddof=1)) if values.size > 1 else float("nan"),
+            f"{prefix}_ci_low": low,
+            f"{prefix}_ci_high": high,
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.index.names = groups.keys if isinstance(groups.keys, list) else [groups.keys]
+    return frame
+
+
+def curve_stats(runs: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Per (model, dataset, arm, round): mean and 95% CI of ``metric`` over seeds reaching it.
+
+    ``n_seeds`` counts those seeds, ``complete`` is False where fewer than the (model, dataset)'s
+    seeds reached the round or any of them is a truncated run.
+    """
+    keys = [*ID_COLUMNS, "round"]
+    groups = runs.groupby(keys, sort=True)
+    out = _ci_frame(groups, metric, metric)
+    out["num_labeled"] = groups["num_labeled"].mean()
+    out["n_seeds"] = groups["seed"].nunique()
+    out["expected_seeds"] = groups["expected_seeds"].first()
+    arm_complete = runs.groupby(list(ID_COLUMNS))["run_complete"].all()
+    out = out.reset_index()
+    out["complete"] = (out["n_seeds"] >= out["expected_seeds"]) & out.set_index(
+        list(ID_COLUMNS)
+    ).index.map(arm_complete).to_numpy(dtype=bool)
+    return out
+
+
+def normalized_auc(values: Sequence[float] | np.ndarray) -> float:
+    """Area under a learning curve over the evaluation index, divided by the index span.
+
+    AUC = trapezoid(values, x=0..K−1) / (K − 1): the mean of the curve with the two endpoints
+    weighted by one half, in the metric's units (in [0, 1] for accuracy). One point: its value.
+    """
+    y = np.asarray(values, dtype=float)
+    if y.size == 0:
+        raise ValueError("normalized_auc needs at least one evaluation")
+    if y.size == 1:
+        return float(y[0])
+    return float(np.trapezoid(y) / (y.size - 1))
+
+
+def run_auc(runs: pd.DataFrame, metric: str = "accuracy", window: int = AUC_WINDOW) -> pd.DataFrame:
+    """Per run: normalized AUC of ``metric`` over all, the first ``window`` and last ``window``
+    evaluations (``auc_full``, ``auc_first``, ``auc_last``), final value, ``run_complete``."""
+    rows = []
+    for key, run in runs.groupby([*ID_COLUMNS, "seed"], sort=True):
+        y = run.sort_values("round")[metric].to_numpy()
+        rows.append(
+            {
+                **dict(zip([*ID_COLUMNS, "seed"], key, strict=True)),
+                "n_rounds": len(y),
+                "expected_rounds": int(run["expected_rounds"].iloc[0]),
+                "run_complete": bool(run["run_complete"].iloc[0]),
+                "auc_full": normalized_auc(y),
+                "auc_first": normalized_auc(y[:window]),
+                "auc_last": normalized_auc(y[-window:]),
+                "final": float(y[-1]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def auc_summary(auc_runs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: mean and 95% CI over complete runs of each AUC and the final value.
+
+    ``n_complete`` counts the runs used, ``n_seeds`` the runs present, ``complete`` whether every
+    expected seed is present and complete.
+    """
+    done = auc_runs[auc_runs["run_complete"]]
+    groups = done.groupby(list(ID_COLUMNS), sort=True)
+    parts = [_ci_frame(groups, col, col) for col in ("auc_full", "auc_first", "auc_last", "final")]
+    out = pd.concat(parts, axis=1) if len(done) else pd.DataFrame()
+    present = completeness(runs).set_index(list(ID_COLUMNS))
+    out = present[["n_seeds", "n_complete", "expected_seeds", "complete"]].join(out, how="left")
+    return out.reset_index()
+
+
+def ranks(auc: pd.DataFrame, column: str = "auc_full_mean") -> pd.DataFrame:
+    """Per (model, dataset): rank of each arm by ``column`` (1 = best; ties get the average rank).
+
+    Arms without a value (no complete run) are not ranked (NaN).
+    """
+    out = auc[[*ID_COLUMNS, column, "complete"]].copy()
+    out["rank"] = out.groupby(["model", "dataset"])[column].rank(ascending=False, method="average")
+    out["n_ranked"] = out.groupby(["model", "dataset"])[column].transform("count")
+    return out.sort_values(["model", "dataset", "rank"], ignore_index=True)
+
+
+def mean_ranks(rank_table: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: mean rank over the (model, dataset) pairs where it was ranked, and how many."""
+    groups = rank_table.groupby(["arm", "strategy", "init"])
+    out = pd.DataFrame(
+        {
+            "mean_rank": groups["rank"].mean(),
+            "n_ranked": groups["rank"].count(),
+            "n_pairs": groups.size(),
+            "complete": groups["complete"].all(),
+        }
+    )
+    return out.reset_index().sort_values(["mean_rank", "arm"], ignore_index=True)
+
+
+def _baseline_arm(arms: pd.DataFrame, arm_row: pd.Series, baseline: str) -> str | None:
+    """The baseline arm to pair with ``arm_row`` in its (model, dataset): same init if several."""
+    candidates = arms[arms["strategy"] == baseline]
+    if len(candidates) > 1:
+        candidates = candidates[candidates["init"] == arm_row["init"]]
+        if len(candidates) != 1:
+            raise ValueError(
+                f"{arm_row['model']}/{arm_row['dataset']}: several {baseline!r} baselines and none "
+                f"with init {arm_row['init']!r} to pair with arm {arm_row['arm']!r}"
+            )
+    return None if candidates.empty else str(candidates["arm"].iloc[0])
+
+
+def paired_tests(
+    auc_runs: pd.DataFrame, column: str = "auc_full", baseline: str = BASELINE
+) -> pd.DataFrame:
+    """Each arm against the baseline strategy in its (model, dataset), paired by seed.
+
+    Uses complete runs whose seed both arms have. Test: Wilcoxon signed-rank (two-sided, scipy's
+    default method) with at least ``WILCOXON_MIN_SEEDS`` pairs, else a two-sided paired t-test;
+    ``test`` names it ("none" below 2 pairs). ``mean_diff`` (arm − baseline) has a 95% t-interval.
+    """
+    done = auc_runs[auc_runs["run_complete"]]
+    arms = auc_runs[list(ID_COLUMNS)].drop_duplicates()
+    rows = []
+    for (model, dataset), pair_arms in arms.groupby(["model", "dataset"], sort=True):
+        here = done[(done["model"] == model) & (done["dataset"] == dataset)]
+        for _, arm_row in pair_arms.sort_values("arm").iterrows():
+            base = _baseline_arm(pair_arms, arm_row, baseline)
+            if base is None or base == arm_row["arm"]:
+                continue
+            a = here[here["arm"] == arm_row["arm"]].set_index("seed")[column]
+            b = here[here["arm"] == base].set_index("seed")[column]
+            seeds = a.index.intersection(b.index).sort_values()
+            diff = (a[seeds] - b[seeds]).to_numpy()
+            test, stat, p = _paired_test(a[seeds].to_numpy(), b[seeds].to_numpy())
+            mean, low, high = mean_ci(diff)
+            rows.append(
+                {
+                    **arm_row.to_dict(),
+                    "baseline": base,
+                    "metric": column,
+                    "n_pairs": len(seeds),
+                    "mean_diff": mean,
+                    "diff_ci_low": low,
+                    "diff_ci_high": high,
+                    "wins": int((diff > 0).sum()),
+                    "test": test,
+                    "statistic": stat,
+                    "p_value": p,
+                }
+            )
+    return pd.DataFrame(rows, columns=_TEST_COLUMNS)
+
+
+_TEST_COLUMNS = [
+    *ID_COLUMNS,
+    "baseline",
+    "metric",
+    "n_pairs",
+    "mean_diff",
+    "diff_ci_low",
+    "diff_ci_high",
+    "wins",
+    "test",
+    "statistic",
+    "p_value",
+]
+
+
+def _paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float, float]:
+    """(test name, statistic, two-sided p) for paired samples; see :func:`paired_tests`."""
+    if a.size < 2:
+        return "none", float("nan"), float("nan")
+    if np.all(a == b):
+        return ("wilcoxon" if a.size >= WILCOXON_MIN_SEEDS else "paired_t"), 0.0, 1.0
+    if a.size >= WILCOXON_MIN_SEEDS:
+        result = stats.wilcoxon(a, b)
+        return "wilcoxon", float(result.statistic), float(result.pvalue)
+    result = stats.ttest_rel(a, b)
+    return "paired_t", float(result.statistic), float(result.pvalue)
+
+
+def label_savings(
+    runs: pd.DataFrame, metric: str = "accuracy", baseline: str = BASELINE
+) -> pd.DataFrame:
+    """Labels each arm needs to reach the baseline's final mean ``metric``, per (model, dataset).
+
+    Curves are means over complete runs. ``target`` = the baseline's mean at its last round;
+    ``labels_needed`` = the smallest ``num_labeled`` where the arm's mean curve is ≥ target
+    (``reaches`` False and NaN labels when it never does: "never reaches"); the baseline is
+    measured the same way. ``savings`` = baseline labels − arm labels, ``savings_fraction`` =
+    savings / baseline labels.
+    """
+    done = runs[runs["run_complete"]]
+    curves = done.groupby([*ID_COLUMNS, "round"], sort=True).agg(
+        value=(metric, "mean"), num_labeled=("num_labeled", "mean")
+    )
+    curves = curves.reset_index()
+    arms = runs[list(ID_COLUMNS)].drop_duplicates()
+    rows = []
+    for (model, dataset), pair_arms in arms.groupby(["model", "dataset"], sort=True):
+        here = curves[(curves["model"] == model) & (curves["dataset"] == dataset)]
+        for _, arm_row in pair_arms.sort_values("arm").iterrows():
+            base = _baseline_arm(pair_arms, arm_row, baseline)
+            base_curve = here[here["arm"] == base] if base is not None else here.iloc[:0]
+            curve = here[here["arm"] == arm_row["arm"]]
+            row = {**arm_row.to_dict(), "baseline": base, "target": float("nan")}
+            row.update(labels_needed=float("nan"), baseline_labels=float("nan"), reaches=False)
+            if not base_curve.empty and not curve.empty:
+                target = float(base_curve["value"].iloc[-1])
+                row["target"] = target
+                row["baseline_labels"] = _first_reach(base_curve, target)
+                row["labels_needed"] = _first_reach(curve, target)
+                row["reaches"] = not np.isnan(row["labels_needed"])
+            row["status"] = (
+                "no complete runs"
+                if np.isnan(row["target"])
+                else ("reaches" if row["reaches"] else "never reaches")
+            )
+            row["savings"] = row["baseline_labels"] - row["labels_needed"]
+            row["savings_fraction"] = row["savings"] / row["baseline_labels"]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _first_reach(curve: pd.DataFrame, target: float) -> float:
+    """Smallest num_labeled at which the mean curve is at least ``target`` (NaN if never)."""
+    hit = curve[curve["value"] >= target]
+    return float(hit["num_labeled"].min()) if len(hit) else float("nan")
+
+
+def cost_summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm over all its rounds and runs: seconds per query (mean, median, max; the last
+    evaluation, which has no query, and NaN entries are left out), mean per-run totals of query,
+    train and eval seconds, and peak host/device memory in MB (max over rounds; NaN if unmeasured).
+    """
+    first_round = runs.groupby(list(RUN_KEYS))["round"].transform("min")
+    last = runs["round"] == first_round + runs["expected_rounds"] - 1
+    queried = runs[runs["query_seconds"].notna() & ~last]
+    q = queried.groupby(list(ID_COLUMNS))["query_seconds"]
+    per_run = runs.groupby([*ID_COLUMNS, "seed"])[
+        ["query_seconds", "train_seconds", "eval_seconds"]
+    ].sum(min_count=1)
+    totals = per_run.groupby(list(ID_COLUMNS)).mean()
+    totals.columns = [f"run_{c}" for c in totals.columns]
+    groups = runs.groupby(list(ID_COLUMNS))
+    out = pd.DataFrame(
+        {
+            "query_seconds_mean": q.mean(),
+            "query_seconds_median": q.median(),
+            "query_seconds_max": q.max(),
+            "n_queries": q.count(),
+            "peak_host_mb": groups["peak_host_mb"].max(),
+            "peak_device_mb": groups["peak_device_mb"].max(),
+        }
+    ).join(totals)
+    return out.reset_index()
+
+
+def completeness(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per arm: seeds present and complete versus expected, missing and truncated seeds.
+
+    Arms absent from a (model, dataset) where they run elsewhere appear with 0 seeds.
+    """
+    per_run = runs.groupby([*ID_COLUMNS, "seed"], sort=True).agg(
+        n_rounds=("n_rounds", "first"),
+        expected_rounds=("expected_rounds", "first"),
+        run_complete=("run_complete", "first"),
+    )
+    per_run = per_run.reset_index()
+    seeds_of = runs.groupby(["model", "dataset"])["seed"].unique()
+    pairs = runs[["model", "dataset"]].drop_duplicates()
+    arms = runs[["arm", "strategy", "init"]].drop_duplicates()
+    grid = pairs.merge(arms, how="cross")
+    rows = []
+    for _, cell in grid.sort_values([*ID_COLUMNS]).iterrows():
+        mine = per_run[
+            (per_run["model"] == cell["model"])
+            & (per_run["dataset"] == cell["dataset"])
+            & (per_run["arm"] == cell["arm"])
+            & (per_run["init"] == cell["init"])
+        ]
+        expected = sorted(seeds_of[(cell["model"], cell["dataset"])])
+        missing = [s for s in expected if s not in set(mine["seed"])]
+        short = mine[~mine["run_complete"]]
+        rows.append(
+            {
+                **cell.to_dict(),
+                "n_seeds": len(mine),
+                "n_complete": int(mine["run_complete"].sum()),
+                "expected_seeds": len(expected),
+                "missing_seeds": " ".join(str(s) for s in missing),
+                "truncated_runs": " ".join(
+                    f"seed {r.seed}: {r.n_rounds}/{r.expected_rounds} rounds"
+                    for r in short.itertuples()
+                ),
+                "complete": not missing and short.empty,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def compute_tables(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, pd.DataFrame]:
+    """Every statistics table for a tidy run table, keyed by its file stem (see TABLE_NAMES)."""
+    auc_runs = run_auc(runs, metric)
+    auc = auc_summary(auc_runs, runs)
+    rank_table = ranks(auc)
+    return {
+        "curves": curve_stats(runs, metric),
+        "auc_runs": auc_runs,
+        "auc": auc,
+        "ranks": rank_table,
+        "mean_ranks": mean_ranks(rank_table),
+        "tests": paired_tests(auc_runs),
+        "savings": label_savings(runs, metric),
+        "costs": cost_summary(runs),
+        "completeness": completeness(runs),
+    }
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    """A GitHub markdown table; floats with 3 decimals, NaN as an empty cell."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float | np.floating):
+            if np.isnan(value):
+                return ""
+            return f"{value:.0f}" if float(value).is_integer() else f"{value:.3f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
+    lines.append("|" + "---|" * len(frame.columns))
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return "\n".join(lines)
+
+
+def summary_markdown(tables: dict[str, pd.DataFrame], metric: str = "accuracy") -> str:
+    """A readable digest: completeness, AUC with CI, rank, test against random, label savings."""
+    keys = [*ID_COLUMNS]
+    auc = tables["auc"].merge(tables["ranks"][[*keys, "rank"]], on=keys, how="left")
+    tests = tables["tests"][[*keys, "mean_diff", "test", "p_value", "n_pairs"]]
+    savings = tables["savings"][[*keys, "labels_needed", "savings", "status"]]
+    table = auc.merge(tests, on=keys, how="left").merge(savings, on=keys, how="left")
+    table["auc (95% CI)"] = [
+        f"{m:.3f} [{lo:.3f}, {hi:.3f}]" if not np.isnan(lo) else f"{m:.3f}"
+        for m, lo, hi in table[["auc_full_mean", "auc_full_ci_low", "auc_full_ci_high"]].to_numpy()
+    ]
+    table["seeds"] = [
+        f"{c}/{e}" + ("" if ok else " (incomplete)")
+        for c, e, ok in table[["n_complete", "expected_seeds", "complete"]].to_numpy()
+    ]
+    cols = ["arm", "seeds", "auc (95% CI)", "rank", "mean_diff", "test", "p_value"]
+    cols += ["labels_needed", "status"]
+    parts = [
+        "# Active-learning results",
+        "",
+        f"Metric: {metric}. AUC: trapezoid over the evaluation index divided by its span "
+        "(mean over complete runs, 95% Student-t interval over seeds). rank: 1 = best AUC in its "
+        "(model, dataset), ties averaged. mean_diff / p_value: AUC minus random's, paired by seed "
+        f"(Wilcoxon signed-rank with ≥ {WILCOXON_MIN_SEEDS} seeds, else paired t-test). "
+        "labels_needed: labels for the mean curve to reach random's final mean "
+        f"{metric}.",
+    ]
+    for (model, dataset), part in table.groupby(["model", "dataset"], sort=True):
+        parts += ["", f"## {model} / {dataset}", "", _markdown(part.sort_values("rank")[cols])]
+    parts += ["", "## Mean rank over (model, dataset)", "", _markdown(tables["mean_ranks"])]
+    incomplete = tables["completeness"][~tables["completeness"]["complete"]]
+    parts += ["", "## Completeness", ""]
+    if incomplete.empty:
+        parts.append("Every arm has every seed with every evaluation.")
+    else:
+        parts.append("Incomplete arms (excluded runs are not averaged into AUC, tests, savings):")
+        parts += ["", _markdown(incomplete)]
+    return "\n".join(parts) + "\n"
+
+
+def write_tables(runs: pd.DataFrame, out_dir: str | Path, metric: str = "accuracy") -> list[Path]:
+    """Write every table of :func:`compute_tables` as CSV plus ``summary.md`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = compute_tables(runs, metric)
+    written = []
+    for name, frame in tables.items():
+        path = out_dir / f"{name}.csv"
+        frame.to_csv(path, index=False)
+        written.append(path)
+    summary = out_dir / "summary.md"
+    summary.write_text(summary_markdown(tables, metric))
+    return [*written, summary]
+
+
+def aggregate(
+    paths: Sequence[str | Path], out_dir: str | Path, metric: str = "accuracy"
+) -> list[Path]:
+    """Runs → ``out_dir/runs.parquet`` and every table of :func:`write_tables`."""
+    runs = combine_runs(paths, Path(out_dir) / "runs.parquet")
+    return [Path(out_dir) / "runs.parquet", *write_tables(runs, out_dir, metric)]
