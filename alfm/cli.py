@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -12,8 +13,84 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
-    """``alfm run``: one active-learning run (issue 4 fills this in)."""
-    raise NotImplementedError
+    """``alfm run``: one AL run (resumes from its checkpoint, extends finished runs)."""
+
+    def json_object(text: str) -> dict:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {text!r}")
+        return value
+
+    parser = sub.add_parser(
+        "run",
+        help="one active-learning run over a feature store",
+        description="Run, resume or extend one AL run; results go to OUT (Parquet), the chosen "
+        "indices to OUT.indices.npz and the state after every round to OUT.ckpt.",
+    )
+    parser.add_argument("--features", required=True, help="feature store (zarr directory)")
+    parser.add_argument("--strategy", required=True, help="query strategy name or module:Class")
+    parser.add_argument("--strategy-params", type=json_object, default={}, help="JSON object")
+    parser.add_argument("--init", default="random", help="initial-pool strategy (default random)")
+    parser.add_argument("--init-params", type=json_object, default={}, help="JSON object")
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument(
+        "--evaluations",
+        "--rounds",
+        type=int,
+        default=20,
+        help="evaluation rounds, the first on the initial pool (default 20)",
+    )
+    parser.add_argument("--init-per-class", type=int, default=1)
+    parser.add_argument("--step-per-class", type=int, default=1)
+    parser.add_argument("--init-size", type=int, help="absolute initial pool (overrides per-class)")
+    parser.add_argument("--step-size", type=int, help="absolute step (overrides per-class)")
+    parser.add_argument("--schedule", choices=["linear", "doubling"], default="linear")
+    parser.add_argument(
+        "--probe",
+        type=json_object,
+        default={},
+        help="probe settings as JSON, e.g. '{\"max_epochs\": 200}'",
+    )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--stop-round", type=int, help="advance the run only up to this round")
+    parser.add_argument("--out", required=True, help="result Parquet file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def handler(args: argparse.Namespace) -> int:
+        from alfm.run import RunConfig, run_active_learning
+
+        budget_keys = (
+            "evaluations",
+            "init_per_class",
+            "step_per_class",
+            "init_size",
+            "step_size",
+            "schedule",
+        )
+        config = RunConfig.from_dict(
+            {
+                "features": args.features,
+                "strategy": args.strategy,
+                "strategy_params": args.strategy_params,
+                "init": args.init,
+                "init_params": args.init_params,
+                "seed": args.seed,
+                "budget": {key: getattr(args, key) for key in budget_keys},
+                "probe": args.probe,
+                "device": args.device,
+            }
+        )
+        frame = run_active_learning(
+            config, args.out, stop_round=args.stop_round, progress=not args.quiet
+        )
+        last = frame.iloc[-1]
+        print(
+            f"{args.out}: {len(frame)} rounds, final accuracy {last.accuracy:.4f} "
+            f"with {last.num_labeled} labels"
+        )
+        return 0
+
+    parser.set_defaults(handler=handler)
 
 
 def add_aggregate(sub: argparse._SubParsersAction) -> None:
