@@ -94,13 +94,44 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def add_aggregate(sub: argparse._SubParsersAction) -> None:
-    """``alfm aggregate``: tables from runs (issue 6 fills this in)."""
-    raise NotImplementedError
+    """``alfm aggregate RUNS... --out DIR``: the tidy table, statistics tables, markdown summary."""
+    parser = sub.add_parser(
+        "aggregate", help="combine run Parquets into tables (CSV, Parquet) and a markdown summary"
+    )
+    parser.add_argument("runs", nargs="+", help="run result Parquet files")
+    parser.add_argument("--out", required=True, help="output directory for the tables")
+    parser.add_argument("--metric", default="accuracy", help="metric for curves and AUC")
+
+    def handler(args: argparse.Namespace) -> int:
+        from alfm.results import aggregate
+
+        for path in aggregate(args.runs, args.out, metric=args.metric):
+            print(path)
+        return 0
+
+    parser.set_defaults(handler=handler)
 
 
 def add_plot(sub: argparse._SubParsersAction) -> None:
-    """``alfm plot``: figures from aggregated tables (issue 6 fills this in)."""
-    raise NotImplementedError
+    """``alfm plot TABLE_DIR|RUNS... --out DIR``: every paper figure as PNG and PDF."""
+    parser = sub.add_parser("plot", help="render the paper figures from runs or a table directory")
+    parser.add_argument(
+        "inputs", nargs="+", help="a directory holding runs.parquet (from aggregate) or run files"
+    )
+    parser.add_argument("--out", required=True, help="output directory for the figures")
+    parser.add_argument("--metric", default="accuracy", help="metric for curves and AUC")
+    parser.add_argument("--formats", nargs="+", default=["png", "pdf"], help="file formats")
+
+    def handler(args: argparse.Namespace) -> int:
+        from alfm.plots import write_figures
+        from alfm.results import load_inputs
+
+        runs = load_inputs(args.inputs)
+        for path in write_figures(runs, args.out, formats=args.formats, metric=args.metric):
+            print(path)
+        return 0
+
+    parser.set_defaults(handler=handler)
 
 
 def add_list(sub: argparse._SubParsersAction) -> None:

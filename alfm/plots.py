@@ -151,11 +151,13 @@ def plot_auc_heatmap(auc: pd.DataFrame, rank_table: pd.DataFrame) -> Figure:
                 if not complete[i, j]:
                     ax.add_patch(
                         plt.Rectangle(
-                            (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white"
+                            (j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor="#BBBBBB"
                         )
                     )
                 text = "n/a" if np.isnan(values[i, j]) else f"{values[i, j]:.3f} ({ranks[i, j]:g})"
-                ax.text(j, i, text, ha="center", va="center", fontsize=5, color="#444444")
+                dark = np.isnan(values[i, j]) or image.norm(values[i, j]) < 0.5
+                color = "white" if not np.isnan(values[i, j]) and dark else "black"
+                ax.text(j, i, text, ha="center", va="center", fontsize=5, color=color)
         ax.set_xticks(range(len(pairs)), [f"{m}\n{d}" for m, d in pairs])
         ax.set_yticks(
             range(len(order)), [a if complete[i].all() else f"{a}*" for i, a in enumerate(order)]

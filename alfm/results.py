@@ -97,6 +97,8 @@ def _read_run(path: Path) -> pd.DataFrame:
     missing = [c for c in RUN_COLUMNS if c not in frame.columns]
     if missing:
         raise ValueError(f"run result {path} lacks columns {missing}")
+    if "expected_rounds" in frame.columns:  # an already combined table (combine_runs)
+        return frame
     meta = _run_metadata(path)
     frame = frame.copy()
     frame["expected_rounds"] = _expected_evaluations(meta)
@@ -583,3 +585,13 @@ def aggregate(
     """Runs → ``out_dir/runs.parquet`` and every table of :func:`write_tables`."""
     runs = combine_runs(paths, Path(out_dir) / "runs.parquet")
     return [Path(out_dir) / "runs.parquet", *write_tables(runs, out_dir, metric)]
+
+
+def load_inputs(inputs: Sequence[str | Path]) -> pd.DataFrame:
+    """:func:`load_runs` on run files, or on ``runs.parquet`` for a table directory given alone."""
+    if len(inputs) == 1 and Path(inputs[0]).is_dir():
+        combined = Path(inputs[0]) / "runs.parquet"
+        if not combined.exists():
+            raise FileNotFoundError(f"{inputs[0]} is a directory without runs.parquet")
+        inputs = [combined]
+    return load_runs(inputs)
