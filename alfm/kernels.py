@@ -1,0 +1,375 @@
+"""Shared numeric verbs for the query strategies: distances, k-center, k-means, kNN, range graphs.
+
+Everything is torch on the input's device (CPU or CUDA). Work is chunked so that the peak extra
+memory is O(N·D + chunk·N): no function ever forms an N×N (or |L|×|U|) matrix at once. Chunk sizes
+come from a per-device memory budget (:data:`CHUNK_BYTES`) unless given. Float16 inputs are computed
+in float32. Randomness comes only from the ``generator`` argument (a CPU generator may drive CUDA
+work: see :func:`device_generator`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+#: Bytes one chunk's temporary distance block may use, per device type.
+CHUNK_BYTES: dict[str, int] = {"cpu": 128 * 2**20, "cuda": 1024 * 2**20}
+
+# Show progress bars only for work larger than this many multiply-adds.
+_PROGRESS_WORK = 5e10
+
+
+def _f32(x: Tensor) -> Tensor:
+    """``x`` as float32 (no copy when it already is)."""
+    if not x.is_floating_point():
+        raise TypeError(f"expected a floating-point tensor, got {x.dtype}")
+    return x if x.dtype == torch.float32 else x.float()
+
+
+def _check_2d(x: Tensor, name: str) -> None:
+    if x.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
+
+
+def auto_chunk(n_cols: int, device: torch.device, bytes_per_entry: int = 8) -> int:
+    """Rows per chunk so that a ``rows × n_cols`` block stays within :data:`CHUNK_BYTES`."""
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"])
+    return max(1, budget // max(1, n_cols * bytes_per_entry))
+
+
+def device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator usable on ``device``: ``generator`` itself, or one seeded from it."""
+    if generator.device.type == torch.device(device).type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    derived = torch.Generator(device=device)
+    derived.manual_seed(seed)
+    return derived
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """Rows of ``x`` scaled to unit L2 norm, float32 (zero rows stay zero)."""
+    _check_2d(x, "x")
+    out = x.float().clone() if x.dtype == torch.float32 else x.float()
+    norms = torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_min_(1e-12)
+    return out.div_(norms)
+
+
+def _sq_norms(x: Tensor) -> Tensor:
+    """Squared row norms of float32 ``x`` without an N×D temporary."""
+    return torch.linalg.vector_norm(x, dim=1).square_()
+
+
+def pairwise_sq_distances(a: Tensor, b: Tensor) -> Tensor:
+    """Squared Euclidean distances between the rows of ``a`` and ``b`` (a small block), float32."""
+    _check_2d(a, "a")
+    _check_2d(b, "b")
+    a, b = _f32(a), _f32(b)
+    return _block(a, _sq_norms(a), b, _sq_norms(b))
+
+
+def _block(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor) -> Tensor:
+    """``‖a_i − b_j‖²`` from precomputed squared norms, clamped at 0."""
+    d = torch.addmm(b_sq.unsqueeze(0), a, b.T, alpha=-2.0)
+    return d.add_(a_sq.unsqueeze(1)).clamp_min_(0.0)
+
+
+def min_sq_distances(
+    x: Tensor, centers: Tensor, chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Per row of ``x``: squared distance to its nearest row of ``centers``, and that index."""
+    _check_2d(x, "x")
+    _check_2d(centers, "centers")
+    if centers.shape[0] == 0:
+        raise ValueError("min_sq_distances needs at least one center")
+    if x.shape[1] != centers.shape[1]:
+        raise ValueError(f"dimension mismatch: x has D={x.shape[1]}, centers D={centers.shape[1]}")
+    c = _f32(centers)
+    c_sq = _sq_norms(c)
+    n = x.shape[0]
+    chunk = chunk_size or auto_chunk(c.shape[0], x.device)
+    mins = torch.empty(n, dtype=torch.float32, device=x.device)
+    args = torch.empty(n, dtype=torch.int64, device=x.device)
+    for start in range(0, n, chunk):
+        xc = _f32(x[start : start + chunk])
+        d = _block(xc, _sq_norms(xc), c, c_sq)
+        torch.min(d, dim=1, out=(mins[start : start + chunk], args[start : start + chunk]))
+    return mins, args
+
+
+def _progress(total: int, work: float, desc: str) -> tqdm:
+    return tqdm(total=total, desc=desc, leave=False, disable=work < _PROGRESS_WORK)
+
+
+def kcenter_greedy(x: Tensor, labeled: Tensor, budget: int, generator: torch.Generator) -> Tensor:
+    """Greedy k-center: ``budget`` indices (in pick order) each farthest from all centers so far.
+
+    Starts from the min distance of every point to ``labeled`` (chunked); with no labeled points
+    the first center is drawn uniformly with ``generator``. Never picks a labeled point twice.
+    """
+    _check_2d(x, "x")
+    x = _f32(x)
+    n = x.shape[0]
+    labeled = labeled.to(device=x.device, dtype=torch.int64)
+    available = n - labeled.numel()
+    if not 0 <= budget <= available:
+        raise ValueError(f"budget {budget} must be in [0, {available}] (unlabeled points)")
+    x_sq = _sq_norms(x)
+    picks = torch.empty(budget, dtype=torch.int64, device=x.device)
+    if budget == 0:
+        return picks
+    if labeled.numel():
+        mind, _ = min_sq_distances(x, x[labeled])
+        mind[labeled] = -1.0
+        first = 0
+    else:
+        mind = torch.full((n,), -1.0, device=x.device)
+        picks[0] = int(torch.randint(n, (1,), generator=generator, device=generator.device))
+        first = 1
+        _update_min(x, x_sq, picks[0], mind, fresh=True)
+    with _progress(budget, budget * n * x.shape[1], "k-center") as bar:
+        bar.update(first)
+        for i in range(first, budget):
+            picks[i] = torch.argmax(mind)
+            _update_min(x, x_sq, picks[i], mind)
+            bar.update()
+    return picks
+
+
+def _update_min(x: Tensor, x_sq: Tensor, idx: Tensor, mind: Tensor, fresh: bool = False) -> None:
+    """Lower ``mind`` by the squared distances to ``x[idx]``; mark ``idx`` as taken (-1)."""
+    c = x[idx]
+    d = torch.mv(x, c).mul_(-2.0).add_(x_sq).add_(x_sq[idx]).clamp_min_(0.0)
+    if fresh:
+        mind.copy_(d)
+    else:
+        taken = mind < 0
+        torch.minimum(mind, d, out=mind)
+        mind[taken] = -1.0
+    mind[idx] = -1.0
+
+
+def _d2_sample(
+    n: int,
+    k: int,
+    dist_to: Callable[[int | Tensor], Tensor],
+    generator: torch.Generator,
+    device: torch.device,
+    first: int | None,
+    desc: str,
+    work: float,
+) -> Tensor:
+    """k-means++ D² sampling of ``k`` distinct indices; ``dist_to(i)`` gives (N,) sq distances."""
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be in [1, {n}] (number of points)")
+    gen = device_generator(generator, device)
+    picks = torch.empty(k, dtype=torch.int64, device=device)
+    if first is None:
+        first = int(torch.randint(n, (1,), generator=gen, device=device))
+    picks[0] = first
+    mind = dist_to(first)
+    taken = torch.zeros(n, dtype=torch.bool, device=device)
+    taken[first] = True
+    mind[taken] = 0.0
+    with _progress(k, work, desc) as bar:
+        bar.update()
+        for i in range(1, k):
+            total = mind.sum()
+            if total > 0 and torch.isfinite(total):
+                nxt = torch.multinomial(mind, 1, generator=gen)
+            else:  # every remaining point duplicates a center: uniform over the untaken
+                free = (~taken).nonzero().squeeze(1)
+                nxt = free[torch.randint(free.numel(), (1,), generator=gen, device=device)]
+            picks[i] = nxt
+            taken[nxt] = True
+            torch.minimum(mind, dist_to(nxt), out=mind)
+            mind[taken] = 0.0
+            bar.update()
+    return picks
+
+
+def kmeans_plusplus(
+    x: Tensor, k: int, generator: torch.Generator, first: int | None = None
+) -> Tensor:
+    """k-means++ seeding: ``k`` distinct indices by D² sampling (first uniform unless ``first``)."""
+    _check_2d(x, "x")
+    x = _f32(x)
+    x_sq = _sq_norms(x)
+
+    def dist_to(i: int | Tensor) -> Tensor:
+        return torch.mv(x, x[i].reshape(-1)).mul_(-2.0).add_(x_sq).add_(x_sq[i]).clamp_min_(0.0)
+
+    n, d = x.shape
+    return _d2_sample(n, k, dist_to, generator, x.device, first, "k-means++", k * n * d)
+
+
+def outer_sq_distances(a: Tensor, b: Tensor, i: int | Tensor) -> Tensor:
+    """``‖a_j⊗b_j − a_i⊗b_i‖²`` for all rows j, without materializing the outer products.
+
+    Uses ``‖a⊗b − c⊗d‖² = ‖a‖²‖b‖² − 2(a·c)(b·d) + ‖c‖²‖d‖²``.
+    """
+    a, b = _f32(a), _f32(b)
+    norms = _sq_norms(a) * _sq_norms(b)
+    return _outer_dist(a, b, norms, i)
+
+
+def _outer_dist(a: Tensor, b: Tensor, norms: Tensor, i: int | Tensor) -> Tensor:
+    ai, bi = a[i].reshape(-1), b[i].reshape(-1)
+    cross = torch.mv(a, ai).mul_(torch.mv(b, bi))
+    return cross.mul_(-2.0).add_(norms).add_(norms[i]).clamp_min_(0.0)
+
+
+def kmeans_plusplus_outer(
+    a: Tensor, b: Tensor, k: int, generator: torch.Generator, first: int | None = None
+) -> Tensor:
+    """k-means++ D² seeding on the implicit embeddings ``a_i ⊗ b_i`` (BADGE), never materialized.
+
+    ``first`` defaults to the row with the largest embedding norm (as in the BADGE paper).
+    """
+    _check_2d(a, "a")
+    _check_2d(b, "b")
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b need the same rows, got {a.shape[0]} and {b.shape[0]}")
+    a, b = _f32(a), _f32(b)
+    norms = _sq_norms(a) * _sq_norms(b)
+    if first is None:
+        first = int(torch.argmax(norms)) if a.shape[0] else 0
+    n = a.shape[0]
+    work = k * n * (a.shape[1] + b.shape[1])
+    return _d2_sample(
+        n, k, lambda i: _outer_dist(a, b, norms, i), generator, a.device, first, "BADGE", work
+    )
+
+
+def _feature_variance(x: Tensor, chunk: int) -> Tensor:
+    """Mean over dimensions of the per-dimension variance of ``x`` (chunked)."""
+    mean = x.mean(dim=0)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for start in range(0, x.shape[0], chunk):
+        total += (x[start : start + chunk] - mean).square_().sum(dtype=torch.float64)
+    return total / max(1, x.numel())
+
+
+def kmeans(
+    x: Tensor, k: int, generator: torch.Generator, n_iter: int = 20, tol: float = 1e-4
+) -> tuple[Tensor, Tensor]:
+    """Lloyd k-means from k-means++ seeds: ``(centroids (k, D) float32, assignment (N,) int64)``.
+
+    Stops after ``n_iter`` iterations or once the total squared centroid shift is at most
+    ``tol`` × the mean feature variance (scikit-learn's rule). An emptied cluster is re-seeded at
+    the point farthest from its centroid, so clusters stay non-empty while distinct points remain.
+    """
+    _check_2d(x, "x")
+    x = _f32(x)
+    n, d = x.shape
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be in [1, {n}] (number of points)")
+    centroids = x[kmeans_plusplus(x, k, generator)].clone()
+    threshold = tol * _feature_variance(x, auto_chunk(d, x.device, 4))
+    mind, assign = min_sq_distances(x, centroids)
+    for _ in tqdm(range(n_iter), desc="k-means", leave=False, disable=n_iter * n * k * d < 5e10):
+        sums = torch.zeros_like(centroids).index_add_(0, assign, x)
+        counts = torch.bincount(assign, minlength=k)
+        new = torch.where(
+            (counts > 0).unsqueeze(1), sums / counts.clamp_min(1).unsqueeze(1).float(), centroids
+        )
+        empty = (counts == 0).nonzero().squeeze(1)
+        if empty.numel():
+            new[empty] = x[torch.topk(mind, empty.numel()).indices]
+        shift = (new - centroids).square().sum()
+        centroids = new
+        mind, assign = min_sq_distances(x, centroids)
+        if shift <= threshold:
+            break
+    return centroids, assign
+
+
+def nearest_to_centroids(x: Tensor, centroids: Tensor, assignment: Tensor | None = None) -> Tensor:
+    """Distinct indices, one per non-empty cluster: the member nearest its cluster's centroid.
+
+    Ordered by cluster id. ``assignment`` defaults to each point's nearest centroid.
+    """
+    _check_2d(x, "x")
+    _check_2d(centroids, "centroids")
+    if assignment is None:
+        _, assignment = min_sq_distances(x, centroids)
+    assignment = assignment.to(x.device)
+    n = x.shape[0]
+    chunk = auto_chunk(x.shape[1], x.device, 4)
+    dist = torch.empty(n, dtype=torch.float32, device=x.device)
+    c = _f32(centroids)
+    for start in range(0, n, chunk):
+        diff = _f32(x[start : start + chunk]) - c[assignment[start : start + chunk]]
+        dist[start : start + chunk] = diff.square_().sum(dim=1)
+    order = torch.argsort(dist, stable=True)
+    order = order[torch.argsort(assignment[order], stable=True)]
+    sorted_assign = assignment[order]
+    first = torch.ones(n, dtype=torch.bool, device=x.device)
+    first[1:] = sorted_assign[1:] != sorted_assign[:-1]
+    return order[first]
+
+
+def knn(
+    x: Tensor, k: int, queries: Tensor | None = None, chunk_size: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Exact k nearest neighbours: ``(dist (n, k) Euclidean float32, idx (n, k) int64)``, nearest
+    first. Queries default to ``x`` itself, in which case each point is excluded from its own list.
+    """
+    _check_2d(x, "x")
+    self_query = queries is None
+    if not self_query:
+        _check_2d(queries, "queries")
+    x = _f32(x)
+    q = x if self_query else queries
+    n = x.shape[0]
+    limit = n - 1 if self_query else n
+    if not 1 <= k <= limit:
+        raise ValueError(f"k={k} must be in [1, {limit}] (points available as neighbours)")
+    x_sq = _sq_norms(x)
+    chunk = chunk_size or auto_chunk(n, x.device)
+    m = q.shape[0]
+    dist = torch.empty(m, k, dtype=torch.float32, device=x.device)
+    idx = torch.empty(m, k, dtype=torch.int64, device=x.device)
+    with _progress(m, m * n * x.shape[1], "kNN") as bar:
+        for start in range(0, m, chunk):
+            qc = _f32(q[start : start + chunk])
+            d = _block(qc, _sq_norms(qc), x, x_sq)
+            if self_query:
+                rows = torch.arange(d.shape[0], device=x.device)
+                d[rows, rows + start] = math.inf
+            vals, ids = torch.topk(d, k, dim=1, largest=False, sorted=True)
+            dist[start : start + chunk] = vals.sqrt_()
+            idx[start : start + chunk] = ids
+            bar.update(d.shape[0])
+    return dist, idx
+
+
+def range_graph(x: Tensor, delta: float, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+    """All pairs ``(i, j)`` with ``‖x_i − x_j‖ < delta``, self-loops always included.
+
+    Returns ``(rows, cols)`` int64, sorted by row then column. Built in chunks of rows.
+    """
+    _check_2d(x, "x")
+    if not delta >= 0:
+        raise ValueError(f"delta must be >= 0, got {delta}")
+    x = _f32(x)
+    n = x.shape[0]
+    x_sq = _sq_norms(x)
+    chunk = chunk_size or auto_chunk(n, x.device)
+    rows, cols = [], []
+    delta_sq = float(delta) ** 2
+    with _progress(n, n * n * x.shape[1], "range graph") as bar:
+        for start in range(0, n, chunk):
+            xc = x[start : start + chunk]
+            mask = _block(xc, x_sq[start : start + chunk], x, x_sq) < delta_sq
+            local = torch.arange(mask.shape[0], device=x.device)
+            mask[local, local + start] = True
+            r, c = mask.nonzero(as_tuple=True)
+            rows.append(r + start)
+            cols.append(c)
+            bar.update(mask.shape[0])
+    return torch.cat(rows), torch.cat(cols)
