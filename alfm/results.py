@@ -90,6 +90,14 @@ def _run_label(meta: dict) -> str | None:
     return None
 
 
+def _strategy_params(meta: dict) -> str:
+    """The run's ``strategy_params`` as a compact ``(k=v,...)`` string, empty when none."""
+    params = meta.get("config", meta).get("strategy_params") or {}
+    if not params:
+        return ""
+    return "(" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + ")"
+
+
 def _read_run(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"run result {path} does not exist")
@@ -103,6 +111,7 @@ def _read_run(path: Path) -> pd.DataFrame:
     frame = frame.copy()
     frame["expected_rounds"] = _expected_evaluations(meta)
     frame["label"] = _run_label(meta)
+    frame["params"] = _strategy_params(meta)
     frame["source"] = str(path)
     return frame
 
@@ -131,11 +140,16 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
 
 
 def _arms(runs: pd.DataFrame) -> pd.Series:
-    """Label first, else strategy; strategy[init] where one strategy runs with several inits."""
-    inits = runs.groupby("strategy")["init"].nunique()
-    multi = runs["strategy"].map(inits) > 1
-    base = runs["label"].where(runs["label"].notna(), runs["strategy"]).astype(str)
-    return base.where(~multi | runs["label"].notna(), base + "[" + runs["init"].astype(str) + "]")
+    """The compared unit: the run's label if its config has one, else the strategy name, plus its
+    params where one strategy runs with several parameter sets and ``[init]`` where with several
+    inits."""
+    labelled = runs["label"].notna()
+    arm = runs["label"].where(labelled, runs["strategy"]).astype(str)
+    by_strategy = runs.groupby("strategy")
+    several_params = by_strategy["params"].transform("nunique") > 1
+    several_inits = by_strategy["init"].transform("nunique") > 1
+    arm = arm.where(labelled | ~several_params, arm + runs["params"])
+    return arm.where(labelled | ~several_inits, arm + "[" + runs["init"].astype(str) + "]")
 
 
 def _add_completeness(runs: pd.DataFrame) -> pd.DataFrame:

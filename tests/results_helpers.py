@@ -23,14 +23,16 @@ def write_run(
     evaluations: int | None = None,
     step: int = 10,
     query_seconds: float = 0.01,
+    params: dict | None = None,
 ) -> Path:
-    """One run file: a row per evaluation with ``num_labeled = step·(round+1)``; the run config
-    (``budget.evaluations`` = ``evaluations`` or the number of rows) in the ``alfm`` metadata."""
+    """One run file like alfm.run writes: rounds 1..n, ``num_labeled = step·round``, query seconds
+    on every round but the last, the run config (``budget.evaluations`` = ``evaluations`` or n) in
+    the ``alfm`` schema metadata."""
     n = len(accuracy)
     frame = pd.DataFrame(
         {
-            "round": range(n),
-            "num_labeled": [step * (r + 1) for r in range(n)],
+            "round": range(1, n + 1),
+            "num_labeled": [step * r for r in range(1, n + 1)],
             "accuracy": list(accuracy),
             "macro_f1": list(accuracy),
             "balanced_accuracy": list(accuracy),
@@ -49,9 +51,16 @@ def write_run(
         }
     )
     table = pa.Table.from_pandas(frame, preserve_index=False)
-    config = {"strategy": strategy, "seed": seed, "budget": {"evaluations": evaluations or n}}
+    config = {
+        "strategy": strategy,
+        "strategy_params": dict(params or {}),
+        "init": init,
+        "seed": seed,
+        "budget": {"evaluations": evaluations or n},
+    }
+    metadata = {"config": config, "rounds": n, "complete": n == (evaluations or n)}
     table = table.replace_schema_metadata(
-        {**(table.schema.metadata or {}), b"alfm": json.dumps(config).encode()}
+        {**(table.schema.metadata or {}), b"alfm": json.dumps(metadata).encode()}
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
