@@ -1,0 +1,200 @@
+"""The per-round classifier: input dropout → BatchNorm1d(affine=False) → linear, trained full-batch.
+
+Matches the DropQuery reference (STRATEGIES.md): AdamW, cross-entropy, early stop on the training
+loss, best weights kept. All randomness (initialization, dropout masks, batch order) comes from an
+explicit generator, so a run is reproducible on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from alfm.kernels import auto_chunk, device_generator
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Hyperparameters of the linear probe and its training (defaults from the reference)."""
+
+    dropout: float = 0.75
+    lr: float = 1e-2
+    weight_decay: float = 1e-2
+    batch_size: int = 4096
+    max_epochs: int = 400
+    patience: int = 20
+    min_delta: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ProbeConfig.dropout must be in [0, 1), got {self.dropout}")
+        for name in ("batch_size", "max_epochs", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "min_delta"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ProbeConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+def _dropout(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
+    """Inverted dropout on float32 ``x`` with masks drawn from ``generator``."""
+    if p == 0.0:
+        return x
+    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
+    return x * keep / (1.0 - p)
+
+
+class Probe(nn.Module):
+    """Input dropout → BatchNorm1d(D, affine=False) → Linear(D, C).
+
+    Inference helpers work on any number of rows (chunked internally, float16 inputs accepted) and
+    always use the BatchNorm running statistics (eval mode).
+    """
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.75) -> None:
+        super().__init__()
+        self.dropout = dropout
+        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.linear = nn.Linear(dim, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes C."""
+        return self.linear.out_features
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Logits; input dropout is applied (with ``generator``) only in training mode."""
+        if self.training and generator is not None:
+            x = _dropout(x, self.dropout, generator)
+        return self.linear(self.norm(x))
+
+    def _chunks(self, x: Tensor):
+        chunk = auto_chunk(max(x.shape[1], self.num_classes), x.device, 16)
+        for start in range(0, x.shape[0], chunk):
+            yield x[start : start + chunk].float()
+
+    @torch.no_grad()
+    def embed(self, x: Tensor) -> Tensor:
+        """z: the standardized input (BatchNorm running statistics, no dropout), float32 (N, D)."""
+        mean, std = self.norm.running_mean, (self.norm.running_var + self.norm.eps).sqrt()
+        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        start = 0
+        for xc in self._chunks(x):
+            out[start : start + xc.shape[0]] = (xc - mean) / std
+            start += xc.shape[0]
+        return out
+
+    @torch.no_grad()
+    def _map(self, x: Tensor, fn) -> Tensor:
+        out = torch.empty(x.shape[0], self.num_classes, dtype=torch.float32, device=x.device)
+        start = 0
+        for xc in self._chunks(x):
+            out[start : start + xc.shape[0]] = fn(xc)
+            start += xc.shape[0]
+        return out
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Clean (eval-mode, no dropout) logits, float32 (N, C)."""
+        return self._map(x, lambda xc: F.linear(self.norm_eval(xc), *self._wb()))
+
+    def predict_proba(self, x: Tensor) -> Tensor:
+        """Class probabilities from a clean pass, float32 (N, C)."""
+        return self._map(x, lambda xc: F.linear(self.norm_eval(xc), *self._wb()).softmax(dim=1))
+
+    def dropout_logits(
+        self, x: Tensor, generator: torch.Generator, p: float | None = None
+    ) -> Tensor:
+        """Logits of one pass with input dropout active (rate ``p``, default the probe's own)."""
+        rate = self.dropout if p is None else p
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        gen = device_generator(generator, x.device)
+        return self._map(
+            x, lambda xc: F.linear(self.norm_eval(_dropout(xc, rate, gen)), *self._wb())
+        )
+
+    def norm_eval(self, x: Tensor) -> Tensor:
+        """BatchNorm with running statistics (eval mode) on float32 ``x``."""
+        return F.batch_norm(
+            x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps
+        )
+
+    def _wb(self) -> tuple[Tensor, Tensor]:
+        return self.linear.weight, self.linear.bias
+
+
+def train_probe(
+    features: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    config: ProbeConfig | None = None,
+    generator: torch.Generator | None = None,
+) -> Probe:
+    """Train a fresh :class:`Probe` on ``features`` (N, D) with integer ``labels`` (N,).
+
+    Full-batch (or ``batch_size`` mini-batches when N is larger) AdamW on cross-entropy on the
+    features' device; stops when the epoch's training loss has not improved by ``min_delta`` for
+    ``patience`` epochs and returns the end-of-epoch weights of the epoch with the lowest training
+    loss (as a checkpoint monitoring the training loss would), in eval mode.
+    With a single sample BatchNorm statistics cannot be estimated, so it is trained as identity.
+    """
+    config = config or ProbeConfig()
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    if features.dim() != 2 or features.shape[0] == 0:
+        raise ValueError(f"features must be a non-empty (N, D) tensor, got {tuple(features.shape)}")
+    if labels.shape != (features.shape[0],):
+        raise ValueError(
+            f"labels must have shape ({features.shape[0]},), got {tuple(labels.shape)}"
+        )
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    labels = labels.to(device=features.device, dtype=torch.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.unique().tolist()}")
+    x = features.float()
+    if not torch.isfinite(x).all():
+        raise ValueError("features contain NaN or infinite values")
+    n, dim = x.shape
+    gen = device_generator(generator, x.device)
+    probe = Probe(dim, num_classes, config.dropout).to(x.device)
+    bound = 1.0 / math.sqrt(dim)
+    with torch.no_grad():
+        probe.linear.weight.uniform_(-bound, bound, generator=gen)
+        probe.linear.bias.uniform_(-bound, bound, generator=gen)
+    optimizer = torch.optim.AdamW(
+        probe.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    probe.train()
+    if n < 2:
+        probe.norm.eval()
+    best_loss, ref_loss, waited = math.inf, math.inf, 0
+    best_state = copy.deepcopy(probe.state_dict())
+    for _ in range(config.max_epochs):
+        order = torch.randperm(n, generator=gen, device=x.device) if n > config.batch_size else None
+        total = 0.0
+        for start in range(0, n, config.batch_size):
+            idx = order[start : start + config.batch_size] if order is not None else slice(None)
+            xb, yb = x[idx], labels[idx]
+            loss = F.cross_entropy(probe(xb, gen), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * yb.shape[0]
+        epoch_loss = total / n
+        if epoch_loss < best_loss:
+            best_loss = epoch_loss
+            best_state = copy.deepcopy(probe.state_dict())
+        if epoch_loss < ref_loss - config.min_delta:
+            ref_loss, waited = epoch_loss, 0
+        else:
+            waited += 1
+            if waited >= config.patience:
+                break
+    probe.load_state_dict(best_state)
+    return probe.eval()
