@@ -1,0 +1,235 @@
+"""Strategy base class, query context, the strategy registry and the validating ``query`` entry.
+
+A strategy is a small sklearn-style class: hyperparameters in ``__init__`` (stored as attributes of
+the same name), a pure ``select(ctx, budget, generator)`` that returns indices into the pool, and
+randomness only from the generator it is given. Callers use :func:`query`, which validates the
+inputs and the strategy's output.
+"""
+
+from __future__ import annotations
+
+import abc
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from torch import Tensor
+
+from alfm.kernels import auto_chunk, device_generator, kmeans, l2_normalize, nearest_to_centroids
+from alfm.probe import Probe
+from alfm.registry import Registry
+
+S = TypeVar("S", bound="type[Strategy]")
+
+
+@dataclass
+class QueryContext:
+    """What a round knows: pool features, labeled indices and their labels, the trained probe.
+
+    ``features`` is (N, D) float16/float32 on CPU or CUDA; ``labeled`` int64 indices into it;
+    ``labels`` their classes in ``[0, num_classes)``; ``probe`` None for initial-pool strategies.
+    """
+
+    features: Tensor
+    labeled: Tensor
+    labels: Tensor
+    num_classes: int
+    probe: Probe | None = None
+    _mask: Tensor | None = field(default=None, init=False, repr=False)
+
+    @property
+    def num_samples(self) -> int:
+        """Pool size N."""
+        return self.features.shape[0]
+
+    @property
+    def labeled_mask(self) -> Tensor:
+        """Boolean (N,) mask of labeled points, on the features' device."""
+        if self._mask is None:
+            mask = torch.zeros(self.num_samples, dtype=torch.bool, device=self.features.device)
+            mask[self.labeled.to(self.features.device)] = True
+            self._mask = mask
+        return self._mask
+
+    @property
+    def unlabeled(self) -> Tensor:
+        """Unlabeled indices U, ascending int64 on the features' device."""
+        return (~self.labeled_mask).nonzero().squeeze(1)
+
+
+class Strategy(abc.ABC):
+    """Base class of query strategies.
+
+    Subclasses store every hyperparameter as an attribute named like its ``__init__`` parameter,
+    set ``requires_probe`` (False for strategies that work on raw features alone, i.e. initial-pool
+    strategies) and implement :meth:`select`.
+    """
+
+    name: ClassVar[str] = ""
+    requires_probe: ClassVar[bool] = True
+
+    @abc.abstractmethod
+    def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
+        """Return ``budget`` distinct unlabeled indices (1 <= budget < |U| is guaranteed)."""
+
+    @classmethod
+    def param_names(cls) -> list[str]:
+        """Names of the constructor's hyperparameters."""
+        params = inspect.signature(cls.__init__).parameters
+        varargs = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        return [p for p, spec in params.items() if p != "self" and spec.kind not in varargs]
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters as passed to ``__init__`` (sklearn style)."""
+        return {name: getattr(self, name) for name in self.param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+
+
+def register_strategy(name: str) -> Callable[[S], S]:
+    """Class decorator registering a :class:`Strategy` subclass as ``name``."""
+
+    def decorator(cls: S) -> S:
+        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+            raise TypeError(f"{cls!r} registered as strategy {name!r} is not a Strategy subclass")
+        cls.name = name
+        STRATEGIES.add(name, cls)
+        return cls
+
+    return decorator
+
+
+def list_strategies(initial_pool: bool = False) -> list[str]:
+    """Registered strategy names; with ``initial_pool`` only those that need no probe."""
+    names = STRATEGIES.names()
+    if initial_pool:
+        names = [n for n in names if not STRATEGIES.get(n).requires_probe]
+    return names
+
+
+def get_strategy_class(name: str) -> type[Strategy]:
+    """The class registered as ``name`` or imported from the dotted path ``pkg.mod:Class``."""
+    cls = STRATEGIES.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise TypeError(f"strategy {name!r} resolves to {cls!r}, which is not a Strategy subclass")
+    return cls
+
+
+def create_strategy(name: str, **params: Any) -> Strategy:
+    """Instantiate strategy ``name`` (registered or ``pkg.mod:Class``) with hyperparameters."""
+    cls = get_strategy_class(name)
+    valid = cls.param_names()
+    for key in params:
+        if key not in valid:
+            hint = difflib.get_close_matches(key, valid, n=1)
+            suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(
+                f"unknown hyperparameter {key!r} for strategy {name!r}.{suggestion} "
+                f"Valid: {', '.join(valid) or '(none)'}"
+            )
+    return cls(**params)
+
+
+def _check_finite(features: Tensor) -> None:
+    chunk = auto_chunk(features.shape[1], features.device, 1)
+    for start in range(0, features.shape[0], chunk):
+        finite = torch.isfinite(features[start : start + chunk]).all(dim=1)
+        if not finite.all():
+            bad = start + int((~finite).nonzero()[0])
+            raise ValueError(f"features contain NaN or infinite values (first bad row: {bad})")
+
+
+def validate_context(ctx: QueryContext) -> None:
+    """Raise ValueError naming the culprit if ``ctx`` is malformed."""
+    f = ctx.features
+    if not isinstance(f, Tensor) or f.dim() != 2:
+        raise ValueError(f"features must be a 2-D (N, D) tensor, got {getattr(f, 'shape', f)!r}")
+    if f.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise ValueError(f"features must be floating point, got {f.dtype}")
+    _check_finite(f)
+    if ctx.num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {ctx.num_classes}")
+    lab = ctx.labeled
+    if lab.dim() != 1 or lab.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"labeled must be 1-D integer indices, got {lab.dtype} {tuple(lab.shape)}")
+    if lab.numel():
+        if lab.min() < 0 or lab.max() >= f.shape[0]:
+            bad = lab[(lab < 0) | (lab >= f.shape[0])].tolist()
+            raise ValueError(f"labeled indices out of range [0, {f.shape[0]}): {bad[:10]}")
+        uniq, counts = torch.unique(lab, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"labeled indices repeated: {uniq[counts > 1].tolist()[:10]}")
+    if ctx.labels.shape != lab.shape:
+        raise ValueError(
+            f"labels must match labeled indices: {tuple(ctx.labels.shape)} vs {tuple(lab.shape)}"
+        )
+    if ctx.labels.numel() and (ctx.labels.min() < 0 or ctx.labels.max() >= ctx.num_classes):
+        raise ValueError(f"labels must lie in [0, {ctx.num_classes}), got {ctx.labels.tolist()}")
+
+
+def query(strategy: Strategy, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
+    """Validate, run ``strategy.select`` and check its output: min(budget, |U|) distinct
+    unlabeled indices, returned as int64 on the CPU. ``budget >= |U|`` returns all of U.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    validate_context(ctx)
+    if strategy.requires_probe and ctx.probe is None:
+        raise ValueError(f"strategy {strategy.name!r} needs a trained probe (ctx.probe is None)")
+    unlabeled = ctx.unlabeled
+    if budget >= unlabeled.numel():
+        return unlabeled.cpu()
+    picks = strategy.select(ctx, budget, generator)
+    picks = torch.as_tensor(picks).to(device="cpu")
+    name = strategy.name or type(strategy).__name__
+    if picks.dim() != 1 or picks.dtype not in (torch.int64, torch.int32):
+        raise RuntimeError(f"strategy {name!r} returned {picks.dtype} {tuple(picks.shape)}")
+    if picks.numel() != budget:
+        raise RuntimeError(f"strategy {name!r} returned {picks.numel()} indices, expected {budget}")
+    if picks.min() < 0 or picks.max() >= ctx.num_samples:
+        raise RuntimeError(f"strategy {name!r} returned indices outside [0, {ctx.num_samples})")
+    if torch.unique(picks).numel() != budget:
+        raise RuntimeError(f"strategy {name!r} returned repeated indices")
+    if ctx.labeled_mask.cpu()[picks].any():
+        raise RuntimeError(f"strategy {name!r} returned already-labeled indices")
+    return picks.to(torch.int64)
+
+
+# --- helpers shared by strategies -------------------------------------------------------------
+
+
+def top_unlabeled(scores: Tensor, ctx: QueryContext, k: int) -> Tensor:
+    """The ``k`` unlabeled indices with the highest ``scores`` (N,), best first."""
+    unlabeled = ctx.unlabeled
+    return unlabeled[torch.topk(scores[unlabeled], k).indices]
+
+
+def random_fill(chosen: Tensor, pool: Tensor, budget: int, generator: torch.Generator) -> Tensor:
+    """``chosen`` plus uniformly drawn distinct members of ``pool`` not in it, up to ``budget``."""
+    missing = budget - chosen.numel()
+    if missing <= 0:
+        return chosen
+    pool = pool.to(chosen.device)
+    rest = pool[~torch.isin(pool, chosen)]
+    gen = device_generator(generator, torch.device("cpu"))
+    draw = torch.randperm(rest.numel(), generator=gen)[:missing].to(rest.device)
+    return torch.cat([chosen, rest[draw]])
+
+
+def cluster_representatives(
+    features: Tensor, candidates: Tensor, k: int, generator: torch.Generator
+) -> Tensor:
+    """k-means (k-means++ seeds) on L2-normalized ``features[candidates]``; the candidate nearest
+    each centroid. Returns up to ``k`` distinct candidates (fewer only when clusters collapse).
+    """
+    x = l2_normalize(features[candidates.to(features.device)])
+    centroids, assignment = kmeans(x, k, generator)
+    return candidates[nearest_to_centroids(x, centroids, assignment).to(candidates.device)]
