@@ -19,6 +19,7 @@ never leaves a store that reads as complete, and a rerun continues with the miss
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import shutil
 from collections.abc import Mapping
@@ -173,6 +174,7 @@ class StoreWriter:
             if key not in attrs:
                 raise ValueError(f"store attrs need {key!r}")
         path = Path(path)
+        attrs = json.loads(json.dumps(dict(attrs)))  # compare as stored: tuples become lists
         attrs = {**attrs, "dtype": dtype, "dim": int(dim), "chunk_rows": int(chunk_rows)}
         attrs["sizes"] = {split: int(sizes[split]) for split in SPLITS}
         if (path / "zarr.json").is_file():
