@@ -162,17 +162,25 @@ def _d2_sample(
     first: int | None,
     desc: str,
     work: float,
+    mask: Tensor | None = None,
 ) -> Tensor:
-    """k-means++ D² sampling of ``k`` distinct indices; ``dist_to(i)`` gives (N,) sq distances."""
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} must be in [1, {n}] (number of points)")
+    """k-means++ D² sampling of ``k`` distinct indices; ``dist_to(i)`` gives (N,) sq distances.
+
+    Only rows where ``mask`` is True (default: all) are eligible.
+    """
+    eligible = n if mask is None else int(mask.sum())
+    if not 1 <= k <= eligible:
+        raise ValueError(f"k={k} must be in [1, {eligible}] (eligible points)")
     gen = device_generator(generator, device)
     picks = torch.empty(k, dtype=torch.int64, device=device)
+    taken = torch.zeros(n, dtype=torch.bool, device=device) if mask is None else ~mask
     if first is None:
-        first = int(torch.randint(n, (1,), generator=gen, device=device))
+        free = (~taken).nonzero().squeeze(1)
+        first = int(free[torch.randint(free.numel(), (1,), generator=gen, device=device)])
+    elif taken[first]:
+        raise ValueError(f"first={first} is not an eligible row")
     picks[0] = first
     mind = dist_to(first)
-    taken = torch.zeros(n, dtype=torch.bool, device=device)
     taken[first] = True
     mind[taken] = 0.0
     with _progress(k, work, desc) as bar:
@@ -224,11 +232,17 @@ def _outer_dist(a: Tensor, b: Tensor, norms: Tensor, i: int | Tensor) -> Tensor:
 
 
 def kmeans_plusplus_outer(
-    a: Tensor, b: Tensor, k: int, generator: torch.Generator, first: int | None = None
+    a: Tensor,
+    b: Tensor,
+    k: int,
+    generator: torch.Generator,
+    first: int | None = None,
+    mask: Tensor | None = None,
 ) -> Tensor:
     """k-means++ D² seeding on the implicit embeddings ``a_i ⊗ b_i`` (BADGE), never materialized.
 
-    ``first`` defaults to the row with the largest embedding norm (as in the BADGE paper).
+    Only rows where ``mask`` is True (default: all) can be picked. ``first`` defaults to the
+    eligible row with the largest embedding norm (as in the BADGE paper).
     """
     _check_2d(a, "a")
     _check_2d(b, "b")
@@ -236,13 +250,17 @@ def kmeans_plusplus_outer(
         raise ValueError(f"a and b need the same rows, got {a.shape[0]} and {b.shape[0]}")
     a, b = _f32(a), _f32(b)
     norms = _sq_norms(a) * _sq_norms(b)
-    if first is None:
-        first = int(torch.argmax(norms)) if a.shape[0] else 0
+    if mask is not None:
+        mask = mask.to(device=a.device, dtype=torch.bool)
+    if first is None and a.shape[0]:
+        first = int(torch.argmax(norms if mask is None else norms.masked_fill(~mask, -1.0)))
     n = a.shape[0]
     work = k * n * (a.shape[1] + b.shape[1])
-    return _d2_sample(
-        n, k, lambda i: _outer_dist(a, b, norms, i), generator, a.device, first, "BADGE", work
-    )
+
+    def dist_to(i: int | Tensor) -> Tensor:
+        return _outer_dist(a, b, norms, i)
+
+    return _d2_sample(n, k, dist_to, generator, a.device, first, "BADGE", work, mask)
 
 
 def _feature_variance(x: Tensor, chunk: int) -> Tensor:
@@ -305,11 +323,16 @@ def nearest_to_centroids(x: Tensor, centroids: Tensor, assignment: Tensor | None
     for start in range(0, n, chunk):
         diff = _f32(x[start : start + chunk]) - c[assignment[start : start + chunk]]
         dist[start : start + chunk] = diff.square_().sum(dim=1)
-    order = torch.argsort(dist, stable=True)
-    order = order[torch.argsort(assignment[order], stable=True)]
-    sorted_assign = assignment[order]
-    first = torch.ones(n, dtype=torch.bool, device=x.device)
-    first[1:] = sorted_assign[1:] != sorted_assign[:-1]
+    return argmin_per_group(dist, assignment)
+
+
+def argmin_per_group(values: Tensor, groups: Tensor) -> Tensor:
+    """Index of the smallest value within each group present (ties: lowest index), by group id."""
+    order = torch.argsort(values, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]
+    sorted_groups = groups[order]
+    first = torch.ones(order.numel(), dtype=torch.bool, device=order.device)
+    first[1:] = sorted_groups[1:] != sorted_groups[:-1]
     return order[first]
 
 

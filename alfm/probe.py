@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -73,59 +74,50 @@ class Probe(nn.Module):
             x = _dropout(x, self.dropout, generator)
         return self.linear(self.norm(x))
 
-    def _chunks(self, x: Tensor):
-        chunk = auto_chunk(max(x.shape[1], self.num_classes), x.device, 16)
-        for start in range(0, x.shape[0], chunk):
-            yield x[start : start + chunk].float()
+    def chunk_logits(
+        self, x: Tensor, generator: torch.Generator | None = None, p: float | None = None
+    ) -> Tensor:
+        """Eval-mode logits of a float32 chunk; with ``generator``, input dropout (rate ``p``,
+        default the probe's own) is applied first with masks drawn from it.
+        """
+        if generator is not None:
+            rate = self.dropout if p is None else p
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+            x = _dropout(x, rate, generator)
+        x = F.batch_norm(
+            x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps
+        )
+        return F.linear(x, self.linear.weight, self.linear.bias)
 
     @torch.no_grad()
+    def map_chunks(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
+        """``fn`` applied to float32 row chunks of ``x``, results concatenated along rows.
+
+        Lets strategies reduce per chunk (e.g. logits → score) so no (N, C) array is ever held.
+        """
+        chunk = auto_chunk(max(x.shape[1], self.num_classes), x.device, 16)
+        return torch.cat([fn(x[s : s + chunk].float()) for s in range(0, x.shape[0], chunk)])
+
     def embed(self, x: Tensor) -> Tensor:
         """z: the standardized input (BatchNorm running statistics, no dropout), float32 (N, D)."""
         mean, std = self.norm.running_mean, (self.norm.running_var + self.norm.eps).sqrt()
-        out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        start = 0
-        for xc in self._chunks(x):
-            out[start : start + xc.shape[0]] = (xc - mean) / std
-            start += xc.shape[0]
-        return out
-
-    @torch.no_grad()
-    def _map(self, x: Tensor, fn) -> Tensor:
-        out = torch.empty(x.shape[0], self.num_classes, dtype=torch.float32, device=x.device)
-        start = 0
-        for xc in self._chunks(x):
-            out[start : start + xc.shape[0]] = fn(xc)
-            start += xc.shape[0]
-        return out
+        return self.map_chunks(x, lambda xc: (xc - mean) / std)
 
     def logits(self, x: Tensor) -> Tensor:
         """Clean (eval-mode, no dropout) logits, float32 (N, C)."""
-        return self._map(x, lambda xc: F.linear(self.norm_eval(xc), *self._wb()))
+        return self.map_chunks(x, self.chunk_logits)
 
     def predict_proba(self, x: Tensor) -> Tensor:
         """Class probabilities from a clean pass, float32 (N, C)."""
-        return self._map(x, lambda xc: F.linear(self.norm_eval(xc), *self._wb()).softmax(dim=1))
+        return self.map_chunks(x, lambda xc: self.chunk_logits(xc).softmax(dim=1))
 
     def dropout_logits(
         self, x: Tensor, generator: torch.Generator, p: float | None = None
     ) -> Tensor:
         """Logits of one pass with input dropout active (rate ``p``, default the probe's own)."""
-        rate = self.dropout if p is None else p
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         gen = device_generator(generator, x.device)
-        return self._map(
-            x, lambda xc: F.linear(self.norm_eval(_dropout(xc, rate, gen)), *self._wb())
-        )
-
-    def norm_eval(self, x: Tensor) -> Tensor:
-        """BatchNorm with running statistics (eval mode) on float32 ``x``."""
-        return F.batch_norm(
-            x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps
-        )
-
-    def _wb(self) -> tuple[Tensor, Tensor]:
-        return self.linear.weight, self.linear.bias
+        return self.map_chunks(x, lambda xc: self.chunk_logits(xc, gen, p))
 
 
 def train_probe(
