@@ -6,6 +6,9 @@
 from alfm.plots import FIGURE_NAMES
 from alfm.results import TABLE_NAMES
 
+report: "../report/workflow.rst"
+
+
 localrules:
     combine_runs,
     statistics,
