@@ -45,6 +45,7 @@ class BadImageError(ValueError):
         super().__init__(f"cannot read image {path}: {reason}")
         self.path = str(path)
         self.sample_id = sample_id
+        self.reason = str(reason)
 
 
 @dataclass(frozen=True)

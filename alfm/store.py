@@ -75,13 +75,19 @@ class FeatureStore:
         """Number of samples in ``split``."""
         return int(self._split(split)["features"].shape[0])
 
-    def load(self, split: str) -> SplitData:
-        """Read one split fully into memory."""
+    def load(self, split: str, *, include_skipped: bool = False) -> SplitData:
+        """Read one split fully into memory.
+
+        Rows of images skipped during extraction (label -1) are left out unless
+        ``include_skipped``.
+        """
         group = self._split(split)
+        labels = np.asarray(group["labels"][:], dtype=np.int64)
+        keep = slice(None) if include_skipped else labels >= 0
         return SplitData(
-            features=np.asarray(group["features"][:]),
-            labels=np.asarray(group["labels"][:], dtype=np.int64),
-            ids=np.asarray(group["ids"][:], dtype=object).astype(str),
+            features=np.asarray(group["features"][:])[keep],
+            labels=labels[keep],
+            ids=np.asarray(group["ids"][:], dtype=object).astype(str)[keep],
         )
 
     def _split(self, split: str) -> zarr.Group:
@@ -239,6 +245,15 @@ class StoreWriter:
         group["labels"][rows] = np.asarray(labels, dtype=np.int64)
         group["ids"][rows] = np.asarray(ids, dtype=str)
         group["chunks_done"][index] = True
+
+    def skipped_ids(self) -> dict[str, list[str]]:
+        """Ids of the rows written with label -1 (skipped images), per split."""
+        skipped = {}
+        for split in SPLITS:
+            labels = np.asarray(self._group[split]["labels"][:])
+            ids = np.asarray(self._group[split]["ids"][:], dtype=object)
+            skipped[split] = [str(i) for i in ids[labels < 0]]
+        return skipped
 
     def finish(self, extra_attrs: Mapping[str, Any] | None = None) -> None:
         """Mark the store complete; every chunk of every split must be done."""
