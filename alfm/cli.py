@@ -8,8 +8,54 @@ import sys
 
 
 def add_extract(sub: argparse._SubParsersAction) -> None:
-    """``alfm extract``: build a feature store (issue 2 fills this in)."""
-    raise NotImplementedError
+    """``alfm extract``: build (or resume) the feature store of one model on one dataset."""
+    parser = sub.add_parser("extract", help="extract features of a model on a dataset")
+    parser.add_argument("--model", default="mobilenet_v2", help="backbone name (alfm list models)")
+    parser.add_argument("--dataset", default="animal_mnist", help="dataset (alfm list datasets)")
+    parser.add_argument("--root", help="local files of the dataset, where it needs them")
+    parser.add_argument("--out", help="store path (default results/features/MODEL/DATASET.zarr)")
+    parser.add_argument("--model-dir", help="weights folder (default $ALFM_MODEL_DIR)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, help="DataLoader workers (default: cores - 1)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    parser.add_argument("--image-size", type=int, help="input resolution (default: the model's)")
+    parser.add_argument("--random-init", action="store_true", help="random weights (benchmarks)")
+    parser.add_argument(
+        "--skip-bad-images", action="store_true", help="skip and record unreadable images"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def handler(args: argparse.Namespace) -> int:
+        from alfm.extract import extract_features
+        from alfm.store import open_store
+
+        path = extract_features(
+            args.model,
+            args.dataset,
+            args.out,
+            root=args.root,
+            model_dir=args.model_dir,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=args.device,
+            dtype=args.dtype,
+            random_init=args.random_init,
+            skip_bad_images=args.skip_bad_images,
+            image_size=args.image_size,
+            progress=not args.quiet,
+        )
+        store = open_store(path)
+        skipped = sum(len(ids) for ids in store.attrs.get("skipped_images", {}).values())
+        print(
+            f"{path}: {store.attrs['backbone']} on {store.attrs['dataset']}, "
+            f"train {store.num_rows('train')} × test {store.num_rows('test')} rows, "
+            f"dim {store.attrs['dim']}, {store.attrs['dtype']}"
+            + (f", {skipped} unreadable images skipped" if skipped else "")
+        )
+        return 0
+
+    parser.set_defaults(handler=handler)
 
 
 def add_run(sub: argparse._SubParsersAction) -> None:
@@ -58,6 +104,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
 
     def handler(args: argparse.Namespace) -> int:
         from alfm.run import RunConfig, run_active_learning
+        from alfm.store import IncompleteStoreError
 
         budget_keys = (
             "evaluations",
@@ -80,9 +127,12 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                 "device": args.device,
             }
         )
-        frame = run_active_learning(
-            config, args.out, stop_round=args.stop_round, progress=not args.quiet
-        )
+        try:
+            frame = run_active_learning(
+                config, args.out, stop_round=args.stop_round, progress=not args.quiet
+            )
+        except IncompleteStoreError as err:
+            raise ValueError(str(err)) from err
         last = frame.iloc[-1]
         print(
             f"{args.out}: {len(frame)} rounds, final accuracy {last.accuracy:.4f} "
