@@ -3,7 +3,17 @@
 Importing this package registers every built-in strategy.
 """
 
-from alfm.strategies import init
+from alfm.strategies import (
+    alfamix,
+    badge,
+    bald,
+    coreset,
+    dropquery,
+    init,
+    probcover,
+    typiclust,
+    uncertainty,
+)
 from alfm.strategies.base import (
     STRATEGIES,
     QueryContext,
@@ -19,10 +29,18 @@ __all__ = [
     "STRATEGIES",
     "QueryContext",
     "Strategy",
+    "alfamix",
+    "badge",
+    "bald",
+    "coreset",
     "create_strategy",
+    "dropquery",
     "get_strategy_class",
     "init",
     "list_strategies",
+    "probcover",
     "query",
     "register_strategy",
+    "typiclust",
+    "uncertainty",
 ]

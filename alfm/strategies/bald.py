@@ -1,0 +1,70 @@
+"""BALD and PowerBALD: mutual information between predictions and probe weights, estimated with
+dropout passes of the probe (Gal et al. 2017; Kirsch et al. 2023 for the power/Gumbel variant).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from alfm.kernels import device_generator
+from alfm.probe import Probe
+from alfm.strategies.base import QueryContext, Strategy, register_strategy, top_unlabeled
+from alfm.strategies.uncertainty import EPS, entropy
+
+
+def mutual_information(
+    probe: Probe, features: Tensor, num_passes: int, generator: torch.Generator
+) -> Tensor:
+    """(N,) BALD score ``H(mean p) − mean H(p)`` over ``num_passes`` dropout passes, ≥ 0.
+
+    Computed chunk by chunk: all passes of one chunk before the next, so memory is O(chunk·C).
+    """
+    gen = device_generator(generator, features.device)
+
+    def chunk_mi(xc: Tensor) -> Tensor:
+        mean_p = torch.zeros(xc.shape[0], probe.num_classes, device=xc.device)
+        mean_h = torch.zeros(xc.shape[0], device=xc.device)
+        for _ in range(num_passes):
+            p = probe.chunk_logits(xc, gen).softmax(dim=1)
+            mean_p += p
+            mean_h += entropy(p)
+        return (entropy(mean_p / num_passes) - mean_h / num_passes).clamp_min_(0.0)
+
+    return probe.map_chunks(features, chunk_mi)
+
+
+class _MutualInformation(Strategy):
+    def __init__(self, num_passes: int = 20) -> None:
+        if num_passes < 1:
+            raise ValueError(f"num_passes must be >= 1, got {num_passes}")
+        self.num_passes = num_passes
+
+
+@register_strategy("bald")
+class BALD(_MutualInformation):
+    """Top B of U by mutual information over ``num_passes`` dropout passes."""
+
+    def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
+        scores = mutual_information(ctx.probe, ctx.features, self.num_passes, generator)
+        return top_unlabeled(scores, ctx, budget)
+
+
+@register_strategy("powerbald")
+class PowerBALD(_MutualInformation):
+    """Top B of ``beta · log(s) + Gumbel(0, 1)`` (sampling ∝ s^beta without replacement), with the
+    mutual information s clamped above zero.
+    """
+
+    def __init__(self, num_passes: int = 20, beta: float = 1.0) -> None:
+        super().__init__(num_passes)
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
+        self.beta = beta
+
+    def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
+        scores = mutual_information(ctx.probe, ctx.features, self.num_passes, generator)
+        gen = device_generator(generator, scores.device)
+        u = torch.rand(scores.shape, generator=gen, device=scores.device).clamp_(EPS, 1.0 - 1e-7)
+        gumbel = -torch.log(-torch.log(u))
+        return top_unlabeled(self.beta * scores.clamp_min(EPS).log() + gumbel, ctx, budget)

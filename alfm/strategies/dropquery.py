@@ -1,0 +1,77 @@
+"""DropQuery (Gupte et al., TMLR 2024): points whose prediction flips under input dropout,
+diversified by k-means on the probe embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from alfm.kernels import device_generator
+from alfm.strategies.base import (
+    QueryContext,
+    Strategy,
+    cluster_representatives,
+    random_fill,
+    register_strategy,
+)
+
+
+@register_strategy("dropquery")
+class DropQuery(Strategy):
+    """(1) clean pass: ŷ; (2) ``num_passes`` dropout passes (rate ``dropout``, default the probe's)
+    give hard labels; (3) mismatch = passes whose label ≠ ŷ; (4) candidates: mismatch >
+    ⌊M/2⌋, lowering the threshold by one while fewer than ``candidate_factor``·B qualify and it is
+    > 0; (5) fewer than B candidates: all plus random fill from U; (6) else k-means (k = B) on the
+    candidates' L2-normalized z, the candidate nearest each centroid. ``init`` names the
+    initial-pool strategy a run should pair with it (DropQuery's own: centroid).
+    """
+
+    def __init__(
+        self,
+        num_passes: int = 3,
+        dropout: float | None = None,
+        candidate_factor: int = 25,
+        init: str = "centroid",
+    ) -> None:
+        if num_passes < 1:
+            raise ValueError(f"num_passes must be >= 1, got {num_passes}")
+        if dropout is not None and not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be None or in [0, 1), got {dropout}")
+        if candidate_factor < 1:
+            raise ValueError(f"candidate_factor must be >= 1, got {candidate_factor}")
+        if not isinstance(init, str) or not init:
+            raise ValueError(f"init must be a strategy name, got {init!r}")
+        self.num_passes = num_passes
+        self.dropout = dropout
+        self.candidate_factor = candidate_factor
+        self.init = init
+
+    def mismatches(self, ctx: QueryContext, generator: torch.Generator) -> Tensor:
+        """(N,) number of dropout passes whose predicted class differs from the clean one."""
+        probe = ctx.probe
+        gen = device_generator(generator, ctx.features.device)
+
+        def count(xc: Tensor) -> Tensor:
+            clean = probe.chunk_logits(xc).argmax(dim=1)
+            total = torch.zeros_like(clean)
+            for _ in range(self.num_passes):
+                total += probe.chunk_logits(xc, gen, self.dropout).argmax(dim=1) != clean
+            return total
+
+        return probe.map_chunks(ctx.features, count)
+
+    def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
+        unlabeled = ctx.unlabeled
+        mismatch = self.mismatches(ctx, generator)[unlabeled]
+        threshold = self.num_passes // 2
+        target = self.candidate_factor * budget
+        while int((mismatch > threshold).sum()) < target and threshold > 0:
+            threshold -= 1
+        candidates = unlabeled[mismatch > threshold]
+        if candidates.numel() < budget:
+            return random_fill(candidates, unlabeled, budget, generator)
+        z = ctx.probe.embed(ctx.features[candidates])
+        local = torch.arange(candidates.numel(), device=z.device)
+        chosen = candidates[cluster_representatives(z, local, budget, generator)]
+        return random_fill(chosen, candidates, budget, generator)
