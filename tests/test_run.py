@@ -1,0 +1,473 @@
+"""The AL run engine: determinism, resume after kill -9, shared initial pools, extension,
+stop_round, metrics on hand cases and clear errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from alfm.cli import main
+from alfm.run import (
+    RECORD_COLUMNS,
+    RunConfig,
+    evaluate,
+    read_checkpoint,
+    read_indices,
+    read_run_metadata,
+    round_generator,
+    run_active_learning,
+)
+from alfm.store import IncompleteStoreError, SplitData, StoreWriter, write_store
+from alfm.strategies import QueryContext, Strategy, create_strategy
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Columns that measure the machine rather than the run.
+MEASURED = ["train_seconds", "eval_seconds", "query_seconds", "peak_host_mb", "peak_device_mb"]
+FAST_PROBE = {"max_epochs": 60, "patience": 10}
+
+
+def _split(rng: np.random.Generator, n: int, classes: int, dim: int) -> SplitData:
+    labels = np.arange(n) % classes
+    centers = rng.normal(size=(classes, dim)) * 1.5
+    features = centers[labels] + rng.normal(size=(n, dim))
+    return SplitData(
+        features.astype(np.float32), labels.astype(np.int64), np.array([f"s{i}" for i in range(n)])
+    )
+
+
+def make_store(
+    path: Path,
+    *,
+    n: int = 300,
+    test: int = 100,
+    classes: int = 5,
+    dim: int = 16,
+    seed: int = 0,
+    dataset: str = "synthetic",
+) -> Path:
+    """A small synthetic store with ``classes`` Gaussian blobs."""
+    rng = np.random.default_rng(seed)
+    write_store(
+        path, _split(rng, n, classes, dim), _split(rng, test, classes, dim), {"dataset": dataset}
+    )
+    return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> object:
+    """Tiny tensors: one intra-op thread avoids OpenMP spin-waits on a loaded 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("store") / "s.zarr")
+
+
+def config(store: Path, strategy: str = "entropy", seed: int = 1, **budget: object) -> dict:
+    return {
+        "features": str(store),
+        "strategy": strategy,
+        "seed": seed,
+        "budget": {"evaluations": 4, **budget},
+        "probe": FAST_PROBE,
+        "device": "cpu",
+    }
+
+
+def run(cfg: dict, out: Path, **kwargs: object) -> pd.DataFrame:
+    return run_active_learning(cfg, out, progress=False, **kwargs)
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Identical records (bar timings/memory) and identical indices."""
+    left, right = pd.read_parquet(a), pd.read_parquet(b)
+    pd.testing.assert_frame_equal(left.drop(columns=MEASURED), right.drop(columns=MEASURED))
+    for x, y in zip(read_indices(a), read_indices(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def no_outputs(out: Path) -> bool:
+    return not any(out.parent.glob(out.name + "*"))
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_config_round_trip_and_defaults(store: Path) -> None:
+    cfg = RunConfig.from_dict({"features": store, "strategy": "margins", "seed": 3})
+    assert (cfg.init, cfg.budget.evaluations, cfg.budget.init_per_class, cfg.device) == (
+        "random",
+        20,
+        1,
+        "auto",
+    )
+    assert RunConfig.from_dict(cfg.to_dict()) == cfg
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"strategy_parms": {}}, "unknown run config key.*strategy_parms"),
+        ({"seed": None}, "missing seed"),
+        ({"seed": -1}, "'seed' must be a non-negative integer"),
+        ({"device": "tpu"}, "'device' must be one of auto, cpu, cuda"),
+        ({"probe": {"epochs": 3}}, "unknown probe key.*epochs"),
+        ({"budget": {"schedule": "cubic"}}, "linear, doubling"),
+        ({"budget": {"evaluations": 0}}, "budget.evaluations"),
+        ({"strategy_params": "x=1"}, "'strategy_params' must be a mapping"),
+    ],
+)
+def test_config_errors(store: Path, change: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_dict({**config(store), **change})
+
+
+def test_round_generators_depend_on_seed_round_and_purpose() -> None:
+    def draw(*key: object) -> torch.Tensor:
+        return torch.rand(4, generator=round_generator(*key, device="cpu"))
+
+    assert torch.equal(draw(1, 2, "query"), draw(1, 2, "query"))
+    for other in ((1, 2, "probe"), (1, 3, "query"), (10, 2, "query")):
+        assert not torch.equal(draw(1, 2, "query"), draw(*other))
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def test_evaluate_hand_case_with_unseen_and_absent_classes() -> None:
+    # Four classes; class 3 never occurs in the test labels and class 2 is never predicted.
+    labels = np.array([0, 0, 1, 1, 2, 2])
+    proba = np.array(
+        [
+            [0.7, 0.1, 0.1, 0.1],  # pred 0, right
+            [0.2, 0.6, 0.1, 0.1],  # pred 1, wrong
+            [0.1, 0.8, 0.05, 0.05],  # pred 1, right
+            [0.1, 0.1, 0.1, 0.7],  # pred 3 (absent from the test labels), wrong
+            [0.5, 0.2, 0.2, 0.1],  # pred 0, wrong
+            [0.1, 0.5, 0.3, 0.1],  # pred 1, wrong
+        ]
+    )
+    metrics = evaluate(proba, labels)
+    assert metrics["accuracy"] == pytest.approx(2 / 6)
+    # recalls: class 0 1/2, class 1 1/2, class 2 0 → balanced 1/3
+    assert metrics["balanced_accuracy"] == pytest.approx(1 / 3)
+    # F1: class 0 p=1/2 r=1/2 → 1/2; class 1 p=1/3 r=1/2 → 2/5; class 2 → 0; macro over 3 classes
+    assert metrics["macro_f1"] == pytest.approx((1 / 2 + 2 / 5 + 0) / 3)
+    # One-vs-rest AUROC per present class from its own column, equal supports → plain mean.
+    # class 0 scores: positives {.7,.2} vs negatives {.1,.1,.5,.1}: pairs won 4 + 3 = 7 of 8
+    # class 1 scores: positives {.8,.1} vs negatives {.1,.6,.2,.5}: .8 wins 4; .1 ties .1 → 4.5/8
+    # class 2 scores: positives {.2,.3} vs negatives {.1,.1,.05,.1}: 8 of 8
+    assert metrics["auroc"] == pytest.approx((7 / 8 + 4.5 / 8 + 1) / 3)
+
+
+def test_evaluate_single_class_auroc_is_nan() -> None:
+    metrics = evaluate(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))
+    assert metrics["accuracy"] == 0.5
+    assert np.isnan(metrics["auroc"])
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def test_records_indices_and_metadata(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    frame = run(config(store, init_per_class=2), out)
+    assert list(frame.columns) == list(RECORD_COLUMNS)
+    assert frame["round"].tolist() == [1, 2, 3, 4]
+    assert frame.num_labeled.tolist() == [10, 15, 20, 25]
+    assert frame.classes_seen.between(1, 5).all()
+    assert frame.accuracy.between(0, 1).all() and frame.auroc.between(0, 1).all()
+    assert frame.query_seconds.iloc[:-1].gt(0).all() and np.isnan(frame.query_seconds.iloc[-1])
+    assert frame.train_seconds.gt(0).all() and frame.peak_host_mb.gt(0).all()
+    assert frame.peak_device_mb.isna().all()  # CPU run
+    assert (frame.model.unique().tolist(), frame.seed.unique().tolist()) == (["synthetic"], [1])
+    pd.testing.assert_frame_equal(pd.read_parquet(out), frame)
+
+    added = read_indices(out)
+    assert [len(a) for a in added] == [10, 5, 5, 5]
+    labeled = np.concatenate(added)
+    assert len(np.unique(labeled)) == 25 and labeled.min() >= 0 and labeled.max() < 300
+    labels = np.arange(300) % 5  # the store's train labels
+    assert frame.classes_seen.tolist() == [
+        len(np.unique(labels[np.concatenate(added[:r])])) for r in range(1, 5)
+    ]
+
+    meta = read_run_metadata(out)
+    assert meta["config"] == RunConfig.from_dict(config(store, init_per_class=2)).to_dict()
+    assert meta["complete"] is True and meta["rounds"] == 4
+    assert meta["labeled_sizes"] == [10, 15, 20, 25]
+    assert meta["store"]["attrs"]["dataset"] == "synthetic"
+    assert meta["versions"]["alfm"] and meta["device"] == "cpu"
+
+
+def test_determinism(store: Path, tmp_path: Path) -> None:
+    run(config(store, "margins"), tmp_path / "a.parquet")
+    run(config(store, "margins"), tmp_path / "b.parquet")
+    assert_same_run(tmp_path / "a.parquet", tmp_path / "b.parquet")
+
+
+def test_same_seed_and_init_share_initial_pool(store: Path, tmp_path: Path) -> None:
+    pools = {}
+    for strategy in ("random", "entropy", "coreset"):
+        out = tmp_path / f"{strategy}.parquet"
+        run(config(store, strategy, evaluations=2), out)
+        pools[strategy] = read_indices(out)[0]
+    np.testing.assert_array_equal(pools["random"], pools["entropy"])
+    np.testing.assert_array_equal(pools["random"], pools["coreset"])
+    other = tmp_path / "seed2.parquet"
+    run(config(store, "random", seed=2, evaluations=2), other)
+    assert not np.array_equal(read_indices(other)[0], pools["random"])
+
+
+def test_stop_round_then_continue_equals_single_run(store: Path, tmp_path: Path) -> None:
+    out, whole = tmp_path / "part.parquet", tmp_path / "whole.parquet"
+    assert len(run(config(store), out, stop_round=2)) == 2
+    assert pd.read_parquet(out)["round"].tolist() == [1, 2]
+    assert read_run_metadata(out)["complete"] is False
+    assert len(read_indices(out)) == 2
+    # Asking again for round 2 computes nothing; an earlier stop rewrites the shorter prefix.
+    run(config(store), out, stop_round=2)
+    assert read_checkpoint(out)["computed"] == [1, 2]
+    assert len(run(config(store), out, stop_round=1)) == 1
+    assert read_checkpoint(out)["computed"] == [1, 2]
+    run(config(store), out, stop_round=3)
+    run(config(store), out)
+    assert read_checkpoint(out)["computed"] == [1, 2, 3, 4]
+    run(config(store), whole)
+    assert_same_run(out, whole)
+
+
+def test_extension_equals_longer_run(store: Path, tmp_path: Path) -> None:
+    short, longer = tmp_path / "short.parquet", tmp_path / "long.parquet"
+    run(config(store, evaluations=3), short)
+    assert read_run_metadata(short)["complete"] is True
+    run(config(store, evaluations=5), short)
+    run(config(store, evaluations=5), longer)
+    assert read_checkpoint(short)["computed"] == [1, 2, 3, 4, 5]
+    assert_same_run(short, longer)
+    assert not pd.read_parquet(short).query_seconds.iloc[:-1].isna().any()
+
+
+def test_doubling_and_absolute_budgets(store: Path, tmp_path: Path) -> None:
+    cfg = config(store, "random", init_size=3, schedule="doubling", evaluations=4)
+    frame = run(cfg, tmp_path / "d.parquet")
+    assert frame.num_labeled.tolist() == [3, 6, 12, 24]
+    cfg = config(store, "random", init_size=7, step_size=4, evaluations=3)
+    assert run(cfg, tmp_path / "a.parquet").num_labeled.tolist() == [7, 11, 15]
+
+
+def test_cli_run(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli.parquet"
+    argv = [
+        "run",
+        "--features",
+        str(store),
+        "--strategy",
+        "entropy",
+        "--seed",
+        "1",
+        "--evaluations",
+        "4",
+        "--probe",
+        json.dumps(FAST_PROBE),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    assert "4 rounds" in capsys.readouterr().out
+    run(config(store), tmp_path / "api.parquet")
+    assert_same_run(out, tmp_path / "api.parquet")
+    assert main([*argv[:-1], str(tmp_path / "x.parquet"), "--strategy", "entrpy"]) == 2
+    assert "unknown strategy 'entrpy'" in capsys.readouterr().err
+
+
+class SlowRandom(Strategy):
+    """A random query strategy that takes a while, so a test can kill a run mid-way."""
+
+    requires_probe = True
+
+    def __init__(self, delay: float = 0.3) -> None:
+        self.delay = delay
+
+    def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> torch.Tensor:
+        time.sleep(self.delay)
+        return create_strategy("random").select(ctx, budget, generator)
+
+
+@pytest.mark.slow
+def test_kill_then_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> None:
+    cfg = config(store, "test_run:SlowRandom", evaluations=8)
+    killed, whole = tmp_path / "killed.parquet", tmp_path / "whole.parquet"
+    argv = [
+        sys.executable,
+        "-m",
+        "alfm.cli",
+        "run",
+        "--features",
+        str(store),
+        "--strategy",
+        cfg["strategy"],
+        "--seed",
+        "1",
+        "--evaluations",
+        "8",
+        "--probe",
+        json.dumps(FAST_PROBE),
+        "--device",
+        "cpu",
+        "--quiet",
+        "--out",
+        str(killed),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(argv, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            ckpt = killed.with_name(killed.name + ".ckpt")
+            if ckpt.exists() and len(read_checkpoint(killed)["computed"]) >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the run finished or failed before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not killed.exists()  # no result file that looks finished
+    finished_before = read_checkpoint(killed)["computed"]
+    assert 3 <= len(finished_before) < 8
+    sys.path.insert(0, str(Path(__file__).parent))
+    try:
+        run(cfg, killed)
+        run(cfg, whole)
+    finally:
+        sys.path.remove(str(Path(__file__).parent))
+    assert read_checkpoint(killed)["computed"] == list(range(1, 9))
+    assert_same_run(killed, whole)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+
+def _nan_store(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    train = _split(rng, 60, 3, 4)
+    train.features[7, 2] = np.nan
+    write_store(path, train, _split(rng, 30, 3, 4))
+    return path
+
+
+def _unseen_test_store(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    train = _split(rng, 60, 3, 4)
+    write_store(path, train, _split(rng, 40, 4, 4), {"num_classes": 4})
+    return path
+
+
+def _incomplete_store(path: Path) -> Path:
+    writer = StoreWriter.open(
+        path,
+        {"backbone": "b", "dataset": "d", "num_classes": 2},
+        {"train": 10, "test": 4},
+        3,
+        chunk_rows=4,
+    )
+    rows = writer.chunk_slice("train", 0)
+    n = rows.stop - rows.start
+    writer.write_chunk("train", 0, np.zeros((n, 3)), np.zeros(n), np.array(["a"] * n))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("make", "change", "match"),
+    [
+        (None, {"strategy": "entrpy"}, "unknown strategy 'entrpy'"),
+        (None, {"init": "entropy"}, "init strategy 'entropy' needs a trained probe"),
+        (None, {"budget": {"init_per_class": 61}}, "initial pool of 305 samples is larger than"),
+        (None, {"budget": {"step_size": 100, "evaluations": 5}}, "runs dry at round 4 of 5"),
+        (_nan_store, {}, r"1 train rows have NaN or infinite features \(first rows \[7\]\)"),
+        (_unseen_test_store, {}, r"test labels \[3\] never occur in the train split"),
+    ],
+)
+def test_bad_input_leaves_nothing(
+    store: Path, tmp_path: Path, make: object, change: dict, match: str
+) -> None:
+    features = make(tmp_path / "bad.zarr") if make else store
+    out = tmp_path / "out" / "r.parquet"
+    with pytest.raises(ValueError, match=match):
+        run({**config(features), **change}, out)
+    assert no_outputs(out)
+
+
+def test_incomplete_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    features = _incomplete_store(tmp_path / "bad.zarr")
+    out = tmp_path / "r.parquet"
+    with pytest.raises(IncompleteStoreError, match="is incomplete"):
+        run(config(features), out)
+    argv = ["run", "--features", str(features), "--strategy", "random", "--seed", "1"]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "is incomplete" in capsys.readouterr().err
+    assert no_outputs(out)
+
+
+def test_missing_store(tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    with pytest.raises(FileNotFoundError, match="no feature store"):
+        run(config(tmp_path / "none.zarr"), out)
+    assert no_outputs(out)
+
+
+def test_stop_round_out_of_range(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match=r"stop_round must be an integer in 1..4"):
+            run(config(store), out, stop_round=bad)
+    assert no_outputs(out)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"strategy": "margins"}, "strategy: 'entropy' there, 'margins' here"),
+        ({"seed": 2}, "seed: 1 there, 2 here"),
+        ({"budget": {"evaluations": 4, "step_per_class": 2}}, "step_per_class: 1 there, 2 here"),
+        ({"probe": {"max_epochs": 10}}, "max_epochs"),
+    ],
+)
+def test_checkpoint_of_another_run_is_refused(
+    store: Path, tmp_path: Path, change: dict, match: str
+) -> None:
+    out = tmp_path / "r.parquet"
+    run(config(store), out, stop_round=1)
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match=f"belongs to a different run.*{match}"):
+        run({**config(store), **change}, out)
+    assert out.read_bytes() == before and read_checkpoint(out)["computed"] == [1]
+
+
+def test_checkpoint_of_another_store_is_refused(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.parquet"
+    run(config(store), out, stop_round=1)
+    other = make_store(tmp_path / "other.zarr", dataset="other")
+    with pytest.raises(ValueError, match="dataset: 'synthetic' there, 'other' here"):
+        run(config(other), out)
