@@ -39,6 +39,20 @@ STRATEGY_COLORS = {
     "typiclust": "#17BECF",
     "probcover": "#9467BD",
 }
+STRATEGY_MARKERS = {
+    "random": "o",
+    "dropquery": "D",
+    "uncertainty": "v",
+    "entropy": "^",
+    "margins": "<",
+    "bald": ">",
+    "powerbald": "s",
+    "coreset": "p",
+    "badge": "h",
+    "alfamix": "X",
+    "typiclust": "P",
+    "probcover": "*",
+}
 EXTRA_COLORS = ("#F0E442", "#1F77B4", "#2CA02C", "#D62728", "#FF7F0E", "#E377C2", "#AEC7E8")
 INCOMPLETE_NOTE = "* incomplete: fewer seeds or truncated runs (see completeness.csv)"
 STYLE = {
@@ -59,6 +73,11 @@ def strategy_color(strategy: str) -> str:
     if strategy in STRATEGY_COLORS:
         return STRATEGY_COLORS[strategy]
     return EXTRA_COLORS[zlib.crc32(strategy.encode()) % len(EXTRA_COLORS)]
+
+
+def strategy_marker(strategy: str) -> str:
+    """The fixed line marker of a strategy name (a point for unknown names)."""
+    return STRATEGY_MARKERS.get(strategy, ".")
 
 
 def _arm_order(frame: pd.DataFrame) -> list[str]:
@@ -99,13 +118,17 @@ def plot_learning_curves(curves: pd.DataFrame, metric: str = "accuracy") -> Figu
                     continue
                 complete = bool(curve["complete"].all())
                 incomplete_any |= not complete
-                color = strategy_color(str(curve["strategy"].iloc[0]))
+                strategy = str(curve["strategy"].iloc[0])
+                color = strategy_color(strategy)
                 x = curve["num_labeled"].to_numpy()
                 ax.plot(
                     x,
                     curve[f"{metric}_mean"],
                     color=color,
                     linestyle="-" if complete else "--",
+                    marker=strategy_marker(strategy),
+                    markersize=2.5,
+                    markevery=max(1, len(x) // 5),
                     label=arm if complete else f"{arm}*",
                 )
                 ax.fill_between(
@@ -120,10 +143,10 @@ def plot_learning_curves(curves: pd.DataFrame, metric: str = "accuracy") -> Figu
             ax.set_xlabel("labeled samples")
             ax.set_ylabel(metric.replace("_", " "))
             ax.grid(alpha=0.3)
-            ax.legend(ncol=2, frameon=False, loc="lower right")
         for ax in axes.flat[len(pairs) :]:
             ax.set_visible(False)
-        _finish(fig, incomplete_any, "lines: mean over seeds; bands: 95% t-interval")
+        top = _shared_legend(fig, axes.flat[: len(pairs)])
+        _finish(fig, incomplete_any, "lines: mean over seeds; bands: 95% t-interval", top)
     return fig
 
 
@@ -169,40 +192,45 @@ def plot_auc_heatmap(auc: pd.DataFrame, rank_table: pd.DataFrame) -> Figure:
 
 
 def plot_query_time(costs: pd.DataFrame) -> Figure:
-    """Median seconds per query for each arm (log scale), one bar group per (model, dataset);
-    error bars reach the slowest query; incomplete arms hatched."""
-    pairs = _pairs(costs)
+    """Seconds per query for each arm on a log scale: bar = median over (model, dataset) of the
+    median query, dots = each (model, dataset)'s median, whisker = the slowest query; arms
+    incomplete anywhere hatched."""
     order = _arm_order(costs)
+    by_arm = costs.groupby("arm")
+    median = by_arm["query_seconds_median"].median().reindex(order).to_numpy(dtype=float)
+    slowest = by_arm["query_seconds_max"].max().reindex(order).to_numpy(dtype=float)
+    complete = by_arm["complete"].all().reindex(order)
+    strategy = by_arm["strategy"].first().reindex(order)
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH if len(pairs) == 1 else PAGE_WIDTH, 2.6))
-        width = 0.8 / len(pairs)
-        for j, (model, dataset) in enumerate(pairs):
-            here = costs[(costs["model"] == model) & (costs["dataset"] == dataset)]
-            here = here.set_index("arm").reindex(order)
-            x = np.arange(len(order)) + (j - (len(pairs) - 1) / 2) * width
-            median = here["query_seconds_median"].to_numpy(dtype=float)
-            upper = here["query_seconds_max"].to_numpy(dtype=float) - median
-            bars = ax.bar(
-                x,
-                median,
-                width,
-                yerr=[np.zeros_like(upper), upper],
-                color=[strategy_color(str(s)) for s in here["strategy"].fillna("")],
-                edgecolor="white" if len(pairs) == 1 else ["white", "#444444"][j % 2],
-                error_kw={"elinewidth": 0.6, "capsize": 1.5},
-                label=f"{model} / {dataset}",
-            )
-            for bar, done in zip(bars, here["complete"].fillna(False), strict=True):
-                if not done:
-                    bar.set_hatch("///")
+        fig, ax = plt.subplots(figsize=(COLUMN_WIDTH if len(order) <= 12 else PAGE_WIDTH, 2.6))
+        x = np.arange(len(order))
+        bars = ax.bar(
+            x,
+            median,
+            0.7,
+            yerr=[np.zeros_like(median), slowest - median],
+            color=[strategy_color(str(s)) for s in strategy],
+            edgecolor="white",
+            error_kw={"elinewidth": 0.6, "capsize": 1.5},
+        )
+        for bar, done in zip(bars, complete, strict=True):
+            if not done:
+                bar.set_hatch("///")
+        position = {arm: i for i, arm in enumerate(order)}
+        ax.scatter(
+            costs["arm"].map(position),
+            costs["query_seconds_median"],
+            s=4,
+            color="#333333",
+            zorder=3,
+        )
         ax.set_yscale("log")
-        ax.set_xticks(range(len(order)), order, rotation=45, ha="right")
-        ax.set_ylabel("seconds per query (median)")
-        ax.grid(axis="y", alpha=0.3, which="both")
-        if len(pairs) > 1:
-            ax.legend(frameon=False)
-        incomplete = not costs["complete"].all()
-        _finish(fig, incomplete, "bars: median over queries; whiskers: slowest query")
+        ax.set_xticks(x, [a if c else f"{a}*" for a, c in zip(order, complete, strict=True)])
+        ax.tick_params(axis="x", rotation=60)
+        ax.set_ylabel("seconds per query")
+        ax.grid(axis="y", alpha=0.3)
+        note = "bars: median over (model, dataset); dots: each one's median; whiskers: slowest"
+        _finish(fig, not complete.all(), note)
     return fig
 
 
@@ -261,11 +289,24 @@ def plot_dropquery_summary(tests_vs_dropquery: pd.DataFrame) -> Figure:
     return fig
 
 
-def _finish(fig: Figure, incomplete: bool, note: str) -> None:
+def _shared_legend(fig: Figure, axes: Sequence) -> float:
+    """One legend above all panels (labels deduplicated); returns the top of the panel area."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    ncol = min(6, len(entries))
+    fig.legend(list(entries.values()), list(entries), loc="upper center", ncol=ncol, frameon=False)
+    rows = int(np.ceil(len(entries) / ncol))
+    return 1 - (0.13 * rows + 0.05) / fig.get_size_inches()[1]
+
+
+def _finish(fig: Figure, incomplete: bool, note: str, top: float = 1.0) -> None:
     """Tight layout with a footnote: the figure's reading note and the incomplete marker."""
     text = note + ("\n" + INCOMPLETE_NOTE if incomplete else "")
     fig.text(0.01, 0.005, text, fontsize=5, va="bottom", ha="left", color="#444444")
-    fig.tight_layout(rect=(0, 0.06 if incomplete else 0.035, 1, 1))
+    bottom = (0.22 if incomplete else 0.13) / fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0, bottom, 1, top))
 
 
 def make_figures(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, Figure]:

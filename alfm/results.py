@@ -529,7 +529,9 @@ def _markdown(frame: pd.DataFrame) -> str:
         if isinstance(value, float | np.floating):
             if np.isnan(value):
                 return ""
-            return f"{value:.0f}" if float(value).is_integer() else f"{value:.3f}"
+            if float(value).is_integer():
+                return f"{value:.0f}"
+            return f"{value:.1e}" if 0 < abs(value) < 1e-3 else f"{value:.3f}"
         return str(value)
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |"]
@@ -554,7 +556,7 @@ def summary_markdown(tables: dict[str, pd.DataFrame], metric: str = "accuracy") 
         for c, e, ok in table[["n_complete", "expected_seeds", "complete"]].to_numpy()
     ]
     cols = ["arm", "seeds", "auc (95% CI)", "rank", "mean_diff", "test", "p_value"]
-    cols += ["labels_needed", "status"]
+    cols += ["labels_needed", "savings", "status"]
     parts = [
         "# Active-learning results",
         "",

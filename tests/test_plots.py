@@ -12,6 +12,7 @@ import matplotlib.colors as mcolors
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.collections import PathCollection
 from matplotlib.container import BarContainer, ErrorbarContainer
 from results_helpers import write_run
 
@@ -73,6 +74,8 @@ def test_learning_curves_one_panel_per_pair_one_line_per_strategy(figures: dict)
     d2 = {line.get_label(): line.get_linestyle() for line in axes[1].get_lines()}
     assert set(d1) == set(STRATEGIES) and set(d1.values()) == {"-"}
     assert d2["coreset*"] == "--" and "coreset" not in d2
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sorted(legend) == sorted([*STRATEGIES, "coreset*"])
     assert any(plots.INCOMPLETE_NOTE in t.get_text() for t in fig.texts)
     assert fig.get_size_inches()[0] == plots.PAGE_WIDTH
 
@@ -91,11 +94,13 @@ def test_auc_heatmap_cells_and_hatched_incomplete(figures: dict) -> None:
 def test_query_time_log_scale_bars_per_strategy(figures: dict) -> None:
     ax = figures["query_time"].axes[0]
     assert ax.get_yscale() == "log"
-    bars = [c for c in ax.containers if isinstance(c, BarContainer)]
-    assert [len(c) for c in bars] == [len(STRATEGIES)] * 2
-    assert sum(1 for c in bars for bar in c if bar.get_hatch()) == 1
-    heights = {round(bar.get_height(), 6) for c in bars for bar in c}
-    assert heights == {0.001, 0.01, 0.1, 1.0}
+    (bars,) = [c for c in ax.containers if isinstance(c, BarContainer)]
+    assert len(bars) == len(STRATEGIES)
+    assert [bar.get_hatch() for bar in bars].count("///") == 1  # coreset
+    assert {round(bar.get_height(), 6) for bar in bars} == {0.001, 0.01, 0.1, 1.0}
+    (dots,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+    assert len(dots.get_offsets()) == 2 * len(STRATEGIES)  # one per (model, dataset) and arm
+    assert "coreset*" in [t.get_text() for t in ax.get_xticklabels()]
 
 
 def test_dropquery_summary_one_interval_per_other_strategy(figures: dict) -> None:
