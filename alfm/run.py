@@ -27,7 +27,7 @@ import resource
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,6 +333,28 @@ def run_active_learning(
     _write_indices(_sidecar(out, ".indices.npz"), state.added[:target])
     _write_parquet(out, frame, metadata)
     return frame
+
+
+def run_grid(
+    configs: Iterable[RunConfig | Mapping[str, Any]],
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run several configs one after the other in this process (resuming finished ones).
+
+    Run ``i`` writes ``out_dir/<store name>/<label or strategy>_<init>_seed<seed>.parquet``.
+    Returns the concatenated records, with a ``label`` column.
+    """
+    frames = []
+    configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(c) for c in configs]
+    for config in tqdm(configs, desc="runs", unit="run", disable=not progress):
+        name = (config.label or config.strategy).replace(":", "_").replace("/", "_")
+        file = f"{name}_{config.init}_seed{config.seed}.parquet"
+        out = Path(out_dir) / Path(config.features).stem / file
+        frame = run_active_learning(config, out, progress=False)
+        frames.append(frame.assign(label=config.label or config.strategy))
+    return pd.concat(frames, ignore_index=True)
 
 
 @dataclass

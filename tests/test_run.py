@@ -26,6 +26,7 @@ from alfm.run import (
     read_run_metadata,
     round_generator,
     run_active_learning,
+    run_grid,
 )
 from alfm.store import IncompleteStoreError, SplitData, StoreWriter, write_store
 from alfm.strategies import QueryContext, Strategy, create_strategy
@@ -471,3 +472,20 @@ def test_checkpoint_of_another_store_is_refused(store: Path, tmp_path: Path) -> 
     other = make_store(tmp_path / "other.zarr", dataset="other")
     with pytest.raises(ValueError, match="dataset: 'synthetic' there, 'other' here"):
         run(config(other), out)
+
+
+def test_run_grid_writes_one_file_per_run(store: Path, tmp_path: Path) -> None:
+    cfgs = [
+        config(store, "random", evaluations=2),
+        {**config(store, "margins", evaluations=2), "label": "margins-b"},
+    ]
+    frame = run_grid(cfgs, tmp_path, progress=False)
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.parquet")) == [
+        "margins-b_random_seed1.parquet",
+        "random_random_seed1.parquet",
+    ]
+    assert frame.label.tolist() == ["random", "random", "margins-b", "margins-b"]
+    assert (
+        read_run_metadata(tmp_path / "s" / "margins-b_random_seed1.parquet")["config"]["label"]
+        == "margins-b"
+    )
