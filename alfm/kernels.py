@@ -74,8 +74,15 @@ def pairwise_sq_distances(a: Tensor, b: Tensor) -> Tensor:
 
 def _block(a: Tensor, a_sq: Tensor, b: Tensor, b_sq: Tensor) -> Tensor:
     """``‖a_i − b_j‖²`` from precomputed squared norms, clamped at 0."""
-    d = torch.addmm(b_sq.unsqueeze(0), a, b.T, alpha=-2.0)
-    return d.add_(a_sq.unsqueeze(1)).clamp_min_(0.0)
+    return _partial_block(a, b, b_sq).add_(a_sq.unsqueeze(1)).clamp_min_(0.0)
+
+
+def _partial_block(a: Tensor, b: Tensor, b_sq: Tensor) -> Tensor:
+    """``‖b_j‖² − 2 a_i·b_j``: squared distances minus the row constant ``‖a_i‖²``.
+
+    Row-wise minima, top-k and thresholds need only this (one pass over the block, not three).
+    """
+    return torch.addmm(b_sq.unsqueeze(0), a, b.T, alpha=-2.0)
 
 
 def min_sq_distances(
@@ -96,8 +103,9 @@ def min_sq_distances(
     args = torch.empty(n, dtype=torch.int64, device=x.device)
     for start in range(0, n, chunk):
         xc = _f32(x[start : start + chunk])
-        d = _block(xc, _sq_norms(xc), c, c_sq)
+        d = _partial_block(xc, c, c_sq)
         torch.min(d, dim=1, out=(mins[start : start + chunk], args[start : start + chunk]))
+        mins[start : start + chunk].add_(_sq_norms(xc)).clamp_min_(0.0)
     return mins, args
 
 
@@ -360,11 +368,12 @@ def knn(
     with _progress(m, m * n * x.shape[1], "kNN") as bar:
         for start in range(0, m, chunk):
             qc = _f32(q[start : start + chunk])
-            d = _block(qc, _sq_norms(qc), x, x_sq)
+            d = _partial_block(qc, x, x_sq)
             if self_query:
                 rows = torch.arange(d.shape[0], device=x.device)
                 d[rows, rows + start] = math.inf
             vals, ids = torch.topk(d, k, dim=1, largest=False, sorted=True)
+            vals.add_(_sq_norms(qc).unsqueeze(1)).clamp_min_(0.0)
             dist[start : start + chunk] = vals.sqrt_()
             idx[start : start + chunk] = ids
             bar.update(d.shape[0])
@@ -388,7 +397,8 @@ def range_graph(x: Tensor, delta: float, chunk_size: int | None = None) -> tuple
     with _progress(n, n * n * x.shape[1], "range graph") as bar:
         for start in range(0, n, chunk):
             xc = x[start : start + chunk]
-            mask = _block(xc, x_sq[start : start + chunk], x, x_sq) < delta_sq
+            limit = (delta_sq - x_sq[start : start + chunk]).unsqueeze(1)
+            mask = _partial_block(xc, x, x_sq) < limit
             local = torch.arange(mask.shape[0], device=x.device)
             mask[local, local + start] = True
             r, c = mask.nonzero(as_tuple=True)

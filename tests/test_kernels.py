@@ -1,0 +1,205 @@
+"""alfm.kernels: each verb against a brute-force (materialized) reference and hand cases."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from alfm import kernels as K
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def points() -> torch.Tensor:
+    return torch.randn(257, 12, generator=gen(1))
+
+
+def test_l2_normalize_unit_rows_and_zero_rows():
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-2.0, 0.0]], dtype=torch.float16)
+    out = K.l2_normalize(x)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, torch.tensor([[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]]))
+    y = torch.tensor([[3.0, 4.0]])
+    K.l2_normalize(y)
+    assert torch.equal(y, torch.tensor([[3.0, 4.0]])), "input must not be modified"
+
+
+def test_pairwise_sq_distances_matches_cdist(points):
+    d = K.pairwise_sq_distances(points[:20], points[5:40].half())
+    assert d.dtype == torch.float32 and d.shape == (20, 35)
+    ref = torch.cdist(points[:20], points[5:40].half().float()).square()
+    assert torch.allclose(d, ref, atol=1e-3)
+    same = K.pairwise_sq_distances(points[:5], points[:5])
+    assert (same >= 0).all() and torch.allclose(same.diagonal(), torch.zeros(5), atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [None, 1, 7])
+def test_min_sq_distances_matches_brute_force(points, chunk):
+    centers = points[[3, 50, 99, 200]]
+    mins, args = K.min_sq_distances(points, centers, chunk_size=chunk)
+    ref = torch.cdist(points, centers).square()
+    assert torch.allclose(mins, ref.min(dim=1).values, atol=1e-4)
+    assert torch.equal(args, ref.argmin(dim=1))
+    assert mins[3] < 1e-4 and args[3] == 0
+
+
+def test_min_sq_distances_errors(points):
+    with pytest.raises(ValueError, match="at least one center"):
+        K.min_sq_distances(points, points[:0])
+    with pytest.raises(ValueError, match="dimension mismatch"):
+        K.min_sq_distances(points, points[:3, :5])
+
+
+def test_kcenter_on_a_line():
+    line = torch.tensor([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0], [20.0]])
+    # Farthest from 0 is 20; then 10 (10 away from both); then 3 (3 away from 0, 7 from 10).
+    picks = K.kcenter_greedy(line, torch.tensor([0]), 3, gen())
+    assert picks.tolist() == [6, 4, 3]
+    # Labeled {0, 20}: farthest is 10; then 3 (3 from 0) beats 11 (1 from 10).
+    assert K.kcenter_greedy(line, torch.tensor([0, 6]), 2, gen()).tolist() == [4, 3]
+
+
+def test_kcenter_without_labeled_is_seeded_and_distinct():
+    x = torch.randn(100, 5, generator=gen(2))
+    a = K.kcenter_greedy(x, torch.tensor([], dtype=torch.int64), 100, gen(3))
+    b = K.kcenter_greedy(x, torch.tensor([], dtype=torch.int64), 100, gen(3))
+    assert torch.equal(a, b) and a.unique().numel() == 100
+    with pytest.raises(ValueError, match="budget 101"):
+        K.kcenter_greedy(x, torch.tensor([], dtype=torch.int64), 101, gen())
+
+
+def test_kcenter_with_duplicates_never_repeats():
+    x = torch.zeros(10, 3)
+    picks = K.kcenter_greedy(x, torch.tensor([2, 5]), 8, gen())
+    assert sorted(picks.tolist()) == [0, 1, 3, 4, 6, 7, 8, 9]
+
+
+def test_kmeans_plusplus_distinct_and_deterministic():
+    x = torch.tensor([[0.0, 0.0]] * 5 + [[1.0, 0.0]] * 5)
+    picks = K.kmeans_plusplus(x, 6, gen(4))
+    assert picks.unique().numel() == 6  # only 2 distinct points: falls back to uniform draws
+    assert torch.equal(picks, K.kmeans_plusplus(x, 6, gen(4)))
+    assert set(picks[:2].tolist()) & set(range(5)) and set(picks[:2].tolist()) & set(range(5, 10))
+    with pytest.raises(ValueError, match="k=11"):
+        K.kmeans_plusplus(x, 11, gen())
+
+
+def test_kmeans_recovers_separated_blobs():
+    g = gen(5)
+    blobs = torch.cat([torch.randn(50, 4, generator=g) + 20 * i for i in range(3)])
+    centroids, assign = K.kmeans(blobs, 3, gen(6))
+    assert centroids.shape == (3, 4) and assign.shape == (150,)
+    for i in range(3):
+        assert assign[50 * i : 50 * (i + 1)].unique().numel() == 1
+    assert assign.unique().numel() == 3
+    c2, a2 = K.kmeans(blobs, 3, gen(6))
+    assert torch.equal(centroids, c2) and torch.equal(assign, a2)
+    members = blobs[assign == assign[0]]
+    assert torch.allclose(centroids[assign[0]], members.mean(dim=0), atol=1e-4)
+
+
+def test_kmeans_with_k_equal_n_gives_singletons():
+    x = torch.randn(7, 3, generator=gen(7))
+    _, assign = K.kmeans(x, 7, gen())
+    assert sorted(assign.tolist()) == list(range(7))
+
+
+def test_nearest_to_centroids_and_argmin_per_group():
+    x = torch.tensor([[0.0], [0.9], [2.0], [10.0], [10.2], [35.0]])
+    centroids = torch.tensor([[1.0], [10.0], [50.0]])
+    assert K.nearest_to_centroids(x, centroids).tolist() == [1, 3, 5]  # cluster 2 holds only 35
+    # A given assignment is respected: cluster 1 (centroid 10) holds 0, 0.9, 2 → 2 is nearest.
+    assign = torch.tensor([1, 1, 1, 0, 0, 0])
+    assert K.nearest_to_centroids(x, centroids, assign).tolist() == [3, 2]
+    values = torch.tensor([3.0, 1.0, 1.0, 0.5, 2.0])
+    groups = torch.tensor([4, 4, 4, 0, 0])
+    assert K.argmin_per_group(values, groups).tolist() == [3, 1]
+
+
+@pytest.mark.parametrize("chunk", [None, 5])
+def test_knn_matches_brute_force(points, chunk):
+    dist, idx = K.knn(points, 4, chunk_size=chunk)
+    full = torch.cdist(points, points)
+    full.fill_diagonal_(float("inf"))
+    ref_d, ref_i = torch.topk(full, 4, largest=False)
+    assert torch.allclose(dist, ref_d, atol=1e-3) and torch.equal(idx, ref_i)
+    assert (idx != torch.arange(257).unsqueeze(1)).all()
+    qd, qi = K.knn(points, 1, queries=points[:3])
+    assert qi.squeeze(1).tolist() == [0, 1, 2] and torch.allclose(qd, torch.zeros(3, 1), atol=2e-3)
+    with pytest.raises(ValueError, match="k=257"):
+        K.knn(points, 257)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_range_graph_matches_brute_force(points, chunk):
+    x = K.l2_normalize(points)
+    rows, cols = K.range_graph(x, 0.9, chunk_size=chunk)
+    full = torch.cdist(x, x) < 0.9
+    full.fill_diagonal_(True)
+    ref_r, ref_c = full.nonzero(as_tuple=True)
+    assert torch.equal(rows, ref_r) and torch.equal(cols, ref_c)
+    r0, c0 = K.range_graph(x, 0.0)
+    assert torch.equal(r0, torch.arange(257)) and torch.equal(c0, torch.arange(257))
+
+
+def test_outer_distances_equal_materialized():
+    a = torch.randn(40, 3, generator=gen(8))
+    b = torch.randn(40, 5, generator=gen(9))
+    g = (a.unsqueeze(2) * b.unsqueeze(1)).reshape(40, -1)
+    for i in (0, 17):
+        ref = (g - g[i]).square().sum(dim=1)
+        assert torch.allclose(K.outer_sq_distances(a, b, i), ref, atol=1e-4)
+
+
+def test_kmeans_plusplus_outer_start_and_mask():
+    a = torch.randn(60, 3, generator=gen(10))
+    b = torch.randn(60, 4, generator=gen(11))
+    norms = a.norm(dim=1) * b.norm(dim=1)
+    picks = K.kmeans_plusplus_outer(a, b, 5, gen())
+    assert picks[0] == norms.argmax() and picks.unique().numel() == 5
+    mask = torch.arange(60) >= 30
+    masked = K.kmeans_plusplus_outer(a, b, 30, gen(), mask=mask)
+    assert sorted(masked.tolist()) == list(range(30, 60))
+    assert masked[0] == 30 + norms[30:].argmax()
+
+
+def test_device_generator_identity_on_same_device():
+    g = gen()
+    assert K.device_generator(g, torch.device("cpu")) is g
+
+
+def test_chunk_size_does_not_change_results(monkeypatch, points):
+    ref = K.kmeans(points, 5, gen(12))
+    monkeypatch.setitem(K.CHUNK_BYTES, "cpu", 4096)
+    assert K.auto_chunk(257, torch.device("cpu")) == 1
+    small = K.kmeans(points, 5, gen(12))
+    assert torch.allclose(ref[0], small[0], atol=1e-5) and torch.equal(ref[1], small[1])
+
+
+@pytest.mark.slow
+def test_peak_memory_stays_chunked():
+    """12k points: one N×N float32 matrix would be 576 MB; chunked verbs stay far below."""
+    script = textwrap.dedent(
+        """
+        import resource, torch
+        from alfm import kernels as K
+        torch.set_num_threads(2)
+        x = torch.randn(12000, 8, generator=torch.Generator().manual_seed(0))
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        K.min_sq_distances(x, x)
+        K.knn(x, 5)
+        K.range_graph(K.l2_normalize(x), 0.3)
+        K.kcenter_greedy(x, torch.arange(3000), 50, torch.Generator().manual_seed(0))
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    extra_mb = float(out.stdout.strip().splitlines()[-1])
+    assert extra_mb < 400, f"peak extra memory {extra_mb:.0f} MB suggests an N×N matrix"
