@@ -223,9 +223,7 @@ def skactiveml_bytes(name: str, n: int, dim: int, classes: int) -> float:
 def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row]) -> None:
     """Benchmark every strategy in ``names`` on a pool of ``n`` points, appending to ``out``."""
     device = torch.device(args.device)
-    features, labels, labeled = make_pool(
-        n, args.dim, args.classes, args.seed, device, args.noise
-    )
+    features, labels, labeled = make_pool(n, args.dim, args.classes, args.seed, device, args.noise)
     nbytes = features.numel() * features.element_size()
     train_s, _, probe = timed(
         device,
@@ -255,9 +253,8 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
         strategy = create_strategy(name)
         row = Row(name, n)
         if hasattr(strategy, "graph"):  # ProbCover: build (and cache) the graph apart
-            seed = 0
             row.graph_seconds, graph_bytes, graph = timed(
-                device, lambda s=strategy: s.graph(features, args.classes, seed)
+                device, lambda s=strategy: s.graph(features, args.classes, 0)
             )
             out.append(
                 Row(
@@ -271,7 +268,9 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
                 )
             )
         gen = torch.Generator().manual_seed(args.seed)
-        row.seconds, peak, _ = timed(device, lambda s=strategy: query(s, ctx, args.budget, gen))
+        row.seconds, peak, _ = timed(
+            device, lambda s=strategy, g=gen: query(s, ctx, args.budget, g)
+        )
         row.peak_mb, row.ratio = peak / 2**20, peak / nbytes
         if sk is not None and name in sk:
             need = skactiveml_bytes(name, n, args.dim, args.classes)
@@ -286,13 +285,20 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
             row.note = sk_reason
         out.append(row)
         print(f"  {name:12s} N={n:>8d} {row.seconds:8.3f} s  ×{row.ratio:.2f}", file=sys.stderr)
-    del features, ctx, probe
-    gc.collect()
 
 
-SHARED = (
-    "random uncertainty entropy margins coreset badge typiclust probcover dropquery bald".split()
-)
+SHARED = {
+    "random",
+    "uncertainty",
+    "entropy",
+    "margins",
+    "coreset",
+    "badge",
+    "typiclust",
+    "probcover",
+    "dropquery",
+    "bald",
+}
 
 
 def markdown(rows: list[Row], sizes: list[int]) -> str:
@@ -349,7 +355,8 @@ def main(argv: list[str] | None = None) -> None:
         f"# Strategy benchmark\n\nD = {args.dim}, C = {args.classes}, B = {args.budget}, "
         f"|L| = C, device {args.device} ({device_name or platform.machine()}), "
         f"{args.threads} CPU threads, torch {torch.__version__}, Python "
-        f"{platform.python_version()}, load average at the end {os.getloadavg()[0]:.1f}. Peak memory is extra bytes over the resident pool, as a "
+        f"{platform.python_version()}, 1-min load average at the end "
+        f"{os.getloadavg()[0]:.1f}. Peak memory is extra bytes over the resident pool, as a "
         f"multiple of the N×D float32 feature matrix."
     )
     print(header + "\n" + markdown(rows, sizes))
