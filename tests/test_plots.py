@@ -166,3 +166,18 @@ def test_snakemake_rules_build_tables_figures_and_report(tmp_path: Path) -> None
     )
     assert report.returncode == 0, report.stderr[-2000:]
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_aggregation_steps_write_every_workflow_target(tmp_path: Path) -> None:
+    runs = [str(write_run(tmp_path / f"r{s}.parquet", [0.2, 0.4], seed=s)) for s in (1, 2)]
+    root = tmp_path / "res"
+    targets = [Path(p) for p in plots.aggregate_paths(root)]
+    combined = root / "tables" / "runs.parquet"
+    log = str(tmp_path / "step.log")
+    plots.aggregation_step("combine_runs", runs, combined, log)
+    plots.aggregation_step("statistics", [combined], root / "tables" / "curves.csv", log)
+    plots.aggregation_step("plot_figures", [combined], root / "figures" / "x.png", log)
+    assert sorted(p for p in root.rglob("*") if p.is_file()) == sorted(targets)
+    assert len(targets) == 1 + len(results.TABLE_NAMES) + 2 * len(plots.FIGURE_NAMES)
+    with pytest.raises(ValueError, match="unknown aggregation step 'plot'"):
+        plots.aggregation_step("plot", [combined], root, log)

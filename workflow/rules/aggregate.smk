@@ -1,10 +1,16 @@
 # Aggregation stage: run Parquets -> one tidy table -> statistics tables -> figures (+ HTML report).
 # Uses RESULTS and run_result_paths() from common.smk. All rules here are cheap and run locally.
 # `snakemake figures --forcerun combine_runs` regenerates every table and figure from the runs that
-# exist, without recomputing any run.
+# exist, without recomputing any run; `snakemake --report report.html` then builds the report.
 
-from alfm.plots import FIGURE_NAMES
+from functools import partial
+
+from alfm.plots import FIGURE_NAMES, aggregate_paths, aggregation_step
 from alfm.results import TABLE_NAMES
+
+# Every table and figure that `rule all` must build.
+aggregate_targets = partial(aggregate_paths, RESULTS)
+
 
 report: "../report/workflow.rst"
 
@@ -16,32 +22,15 @@ localrules:
     figures,
 
 
-def aggregate_tables() -> list[str]:
-    """Every statistics table (and the markdown summary) under RESULTS/tables."""
-    return [f"{RESULTS}/tables/runs.parquet"] + [
-        f"{RESULTS}/tables/{name}" for name in TABLE_NAMES
-    ]
-
-
-def aggregate_figures() -> list[str]:
-    """Every paper figure, PNG and PDF, under RESULTS/figures."""
-    return [f"{RESULTS}/figures/{name}.{ext}" for name in FIGURE_NAMES for ext in ("png", "pdf")]
-
-
-def aggregate_targets() -> list[str]:
-    """Every table and figure that `rule all` must build."""
-    return aggregate_tables() + aggregate_figures()
-
-
 rule combine_runs:
     input:
         run_result_paths(),
     output:
         f"{RESULTS}/tables/runs.parquet",
+    log:
+        f"{RESULTS}/logs/aggregate/combine_runs.log",
     run:
-        from alfm.results import combine_runs
-
-        combine_runs(list(input), output[0])
+        aggregation_step("combine_runs", input, output[0], log[0])
 
 
 rule statistics:
@@ -49,10 +38,10 @@ rule statistics:
         f"{RESULTS}/tables/runs.parquet",
     output:
         [f"{RESULTS}/tables/{name}" for name in TABLE_NAMES],
+    log:
+        f"{RESULTS}/logs/aggregate/statistics.log",
     run:
-        from alfm.results import load_runs, write_tables
-
-        write_tables(load_runs([input[0]]), f"{RESULTS}/tables")
+        aggregation_step("statistics", input, output[0], log[0])
 
 
 rule plot_figures:
@@ -68,11 +57,10 @@ rule plot_figures:
             for name in FIGURE_NAMES
         ],
         [f"{RESULTS}/figures/{name}.pdf" for name in FIGURE_NAMES],
+    log:
+        f"{RESULTS}/logs/aggregate/plot_figures.log",
     run:
-        from alfm.plots import write_figures
-        from alfm.results import load_runs
-
-        write_figures(load_runs([input[0]]), f"{RESULTS}/figures")
+        aggregation_step("plot_figures", input, output[0], log[0])
 
 
 rule figures:
