@@ -26,14 +26,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from alfm.kernels import auto_chunk, pairwise_sq_distances
-from alfm.strategies.base import (
-    QueryContext,
-    Strategy,
-    cluster_representatives,
-    random_fill,
-    register_strategy,
-)
+from alfm.kernels import auto_chunk, kmeans, nearest_to_centroids, pairwise_sq_distances
+from alfm.strategies.base import QueryContext, Strategy, random_fill, register_strategy
 
 
 def class_anchors(z_labeled: Tensor, labels: Tensor, num_classes: int) -> Tensor:
@@ -93,8 +87,20 @@ class AlfaMix(Strategy):
         """``budget`` indices: clustered candidates, or all candidates plus a random fill."""
         candidates = self.candidates(ctx)
         if candidates.numel() > budget:
-            with torch.no_grad():
-                z = ctx.probe.embed(ctx.features[candidates])
-            local = torch.arange(candidates.numel(), device=candidates.device)
-            candidates = candidates[cluster_representatives(z, local, budget, generator)]
+            z = self._unit_embeddings(ctx, candidates)
+            centroids, assignment = kmeans(z, budget, generator)
+            candidates = candidates[nearest_to_centroids(z, centroids, assignment)]
         return random_fill(candidates, ctx.unlabeled, budget, generator)
+
+    @staticmethod
+    def _unit_embeddings(ctx: QueryContext, indices: Tensor) -> Tensor:
+        """L2-normalized z of ``indices``, filled chunk by chunk and normalized in place so that
+        the peak stays one (|indices|, D) float32 matrix."""
+        d = ctx.features.shape[1]
+        z = torch.empty(indices.numel(), d, dtype=torch.float32, device=ctx.features.device)
+        chunk = auto_chunk(d, ctx.features.device, 4)
+        with torch.no_grad():
+            for start in range(0, indices.numel(), chunk):
+                part = indices[start : start + chunk]
+                z[start : start + part.numel()] = ctx.probe.embed(ctx.features[part])
+        return z.div_(torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min_(1e-12))

@@ -58,14 +58,14 @@ class CoverGraph:
 
     @classmethod
     def from_edges(cls, rows: Tensor, cols: Tensor, n: int, delta: float, purity: float):
-        """Build both orientations from an edge list ``(rows, cols)`` over ``n`` points."""
+        """Build both orientations from an edge list ``(rows, cols)`` over ``n`` points
+        (:func:`~alfm.kernels.range_graph` already sorts it by row)."""
         index_dtype = torch.int32 if n < 2**31 else torch.int64
-        order = torch.argsort(rows, stable=True)
-        ptr = _indptr(rows, n)
-        cols_sorted = cols[order].to(index_dtype)
-        order_t = torch.argsort(cols, stable=True)
-        rows_t = rows[order_t].to(index_dtype)
-        return cls(delta, purity, ptr, cols_sorted, _indptr(cols, n), rows_t)
+        if rows.numel() > 1 and bool((rows[1:] < rows[:-1]).any()):
+            order = torch.argsort(rows, stable=True)
+            rows, cols = rows[order], cols[order]
+        rows_t = rows[torch.argsort(cols, stable=True)].to(index_dtype)
+        return cls(delta, purity, _indptr(rows, n), cols.to(index_dtype), _indptr(cols, n), rows_t)
 
 
 def _indptr(keys: Tensor, n: int) -> Tensor:
