@@ -7,9 +7,10 @@ explicit generator, so a run is reproducible on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,9 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ProbeConfig.dropout must be in [0, 1), got {self.dropout}")
-        for name in ("batch_size", "max_epochs", "patience"):
+        if self.batch_size < 2:
+            raise ValueError(f"ProbeConfig.batch_size must be >= 2, got {self.batch_size}")
+        for name in ("max_epochs", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "min_delta"):
@@ -62,6 +65,9 @@ class Probe(nn.Module):
         self.dropout = dropout
         self.norm = nn.BatchNorm1d(dim, affine=False)
         self.linear = nn.Linear(dim, num_classes)
+        #: Training losses per epoch and the (1-based) epoch whose weights were kept.
+        self.loss_history: list[float] = []
+        self.best_epoch = 0
 
     @property
     def num_classes(self) -> int:
@@ -120,6 +126,25 @@ class Probe(nn.Module):
         return self.map_chunks(x, lambda xc: self.chunk_logits(xc, gen, p))
 
 
+#: Training problems with fewer feature entries than this run on one CPU thread: they are
+#: latency-bound, and OpenMP fan-out costs more than it saves (50× slower on a busy 2-core box).
+SINGLE_THREAD_ENTRIES = 2**21
+
+
+@contextlib.contextmanager
+def _cpu_threads(device: torch.device, entries: int) -> Iterator[None]:
+    """Limit torch to one CPU thread while training a small problem on the CPU."""
+    previous = torch.get_num_threads()
+    if device.type != "cpu" or entries >= SINGLE_THREAD_ENTRIES or previous == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train_probe(
     features: Tensor,
     labels: Tensor,
@@ -159,6 +184,16 @@ def train_probe(
     with torch.no_grad():
         probe.linear.weight.uniform_(-bound, bound, generator=gen)
         probe.linear.bias.uniform_(-bound, bound, generator=gen)
+    with _cpu_threads(x.device, x.numel()):
+        _fit(probe, x, labels, config, gen)
+    return probe.eval()
+
+
+def _fit(
+    probe: Probe, x: Tensor, labels: Tensor, config: ProbeConfig, gen: torch.Generator
+) -> None:
+    """The training loop of :func:`train_probe`; leaves the best weights in ``probe``."""
+    n = x.shape[0]
     optimizer = torch.optim.AdamW(
         probe.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -167,11 +202,15 @@ def train_probe(
         probe.norm.eval()
     best_loss, ref_loss, waited = math.inf, math.inf, 0
     best_state = copy.deepcopy(probe.state_dict())
+    num_batches = math.ceil(n / config.batch_size)
     for _ in range(config.max_epochs):
-        order = torch.randperm(n, generator=gen, device=x.device) if n > config.batch_size else None
+        if num_batches == 1:
+            batches = [slice(None)]
+        else:  # near-equal batches, so none is a single sample BatchNorm cannot normalize
+            order = torch.randperm(n, generator=gen, device=x.device)
+            batches = torch.tensor_split(order, num_batches)
         total = 0.0
-        for start in range(0, n, config.batch_size):
-            idx = order[start : start + config.batch_size] if order is not None else slice(None)
+        for idx in batches:
             xb, yb = x[idx], labels[idx]
             loss = F.cross_entropy(probe(xb, gen), yb)
             optimizer.zero_grad(set_to_none=True)
@@ -179,8 +218,9 @@ def train_probe(
             optimizer.step()
             total += float(loss.detach()) * yb.shape[0]
         epoch_loss = total / n
+        probe.loss_history.append(epoch_loss)
         if epoch_loss < best_loss:
-            best_loss = epoch_loss
+            best_loss, probe.best_epoch = epoch_loss, len(probe.loss_history)
             best_state = copy.deepcopy(probe.state_dict())
         if epoch_loss < ref_loss - config.min_delta:
             ref_loss, waited = epoch_loss, 0
@@ -189,4 +229,3 @@ def train_probe(
             if waited >= config.patience:
                 break
     probe.load_state_dict(best_state)
-    return probe.eval()

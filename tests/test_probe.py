@@ -1,0 +1,146 @@
+"""alfm.probe: architecture, training, early stopping, inference helpers, determinism, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alfm.probe import Probe, ProbeConfig, train_probe
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def blobs(n: int, d: int = 16, c: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = gen(seed)
+    centers = torch.randn(c, d, generator=gen(100)) * 3
+    labels = torch.randint(c, (n,), generator=g)
+    return centers[labels] + torch.randn(n, d, generator=g), labels
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple[Probe, torch.Tensor, torch.Tensor]:
+    x, y = blobs(300)
+    return train_probe(x, y, 4, ProbeConfig(), gen(1)), x, y
+
+
+def test_architecture_and_eval_mode(trained):
+    probe, _, _ = trained
+    assert not probe.training
+    assert probe.norm.affine is False and probe.dropout == 0.75
+    assert probe.linear.in_features == 16 and probe.num_classes == 4
+
+
+def test_learns_separable_classes(trained):
+    probe, _, _ = trained
+    x_test, y_test = blobs(500, seed=7)
+    accuracy = (probe.predict_proba(x_test).argmax(dim=1) == y_test).float().mean()
+    assert accuracy > 0.95
+
+
+def test_same_generator_same_weights():
+    x, y = blobs(120)
+    a = train_probe(x, y, 4, ProbeConfig(max_epochs=30), gen(3))
+    b = train_probe(x, y, 4, ProbeConfig(max_epochs=30), gen(3))
+    c = train_probe(x, y, 4, ProbeConfig(max_epochs=30), gen(4))
+    assert torch.equal(a.linear.weight, b.linear.weight)
+    assert torch.equal(a.norm.running_var, b.norm.running_var)
+    assert not torch.equal(a.linear.weight, c.linear.weight)
+
+
+def test_inference_helpers_agree(trained):
+    probe, _, _ = trained
+    x = torch.randn(50, 16, generator=gen(5))
+    z = probe.embed(x)
+    expected_z = (x - probe.norm.running_mean) / (probe.norm.running_var + probe.norm.eps).sqrt()
+    assert torch.allclose(z, expected_z, atol=1e-6)
+    logits = probe.logits(x)
+    assert torch.allclose(logits, F.linear(z, probe.linear.weight, probe.linear.bias), atol=1e-5)
+    assert torch.allclose(logits, probe(x), atol=1e-5)  # eval-mode forward: no dropout
+    proba = probe.predict_proba(x)
+    assert torch.allclose(proba.sum(dim=1), torch.ones(50)) and proba.dtype == torch.float32
+    assert torch.allclose(probe.predict_proba(x.half()), probe.predict_proba(x.half().float()))
+
+
+def test_dropout_logits(trained):
+    probe, _, _ = trained
+    x = torch.randn(40, 16, generator=gen(6))
+    a = probe.dropout_logits(x, gen(9))
+    assert torch.equal(a, probe.dropout_logits(x, gen(9)))
+    assert not torch.allclose(a, probe.logits(x))
+    assert torch.allclose(probe.dropout_logits(x, gen(9), p=0.0), probe.logits(x))
+    with pytest.raises(ValueError, match="dropout rate"):
+        probe.dropout_logits(x, gen(), p=1.0)
+
+
+def test_dropout_pass_is_inverted_dropout_of_the_input(trained):
+    probe, _, _ = trained
+    x = torch.randn(30, 16, generator=gen(6))
+    keep = torch.rand(30, 16, generator=gen(2)) >= 0.75
+    expected = probe.logits(x * keep / 0.25)
+    assert torch.allclose(probe.dropout_logits(x, gen(2)), expected, atol=1e-5)
+
+
+def test_early_stopping_and_best_epoch():
+    x, y = blobs(80)
+    # min_delta so large that only the first epoch counts as an improvement: 1 + patience epochs.
+    probe = train_probe(x, y, 4, ProbeConfig(patience=3, min_delta=1e9), gen())
+    assert len(probe.loss_history) == 4
+    assert probe.best_epoch == 1 + min(range(4), key=probe.loss_history.__getitem__)
+    full = train_probe(x, y, 4, ProbeConfig(max_epochs=7, patience=100), gen())
+    assert len(full.loss_history) == 7
+
+
+def test_minibatches_when_larger_than_batch_size():
+    x, y = blobs(100)
+    probe = train_probe(x, y, 4, ProbeConfig(batch_size=33, max_epochs=50), gen())  # 4 batches
+    x_test, y_test = blobs(300, seed=3)
+    assert (probe.predict_proba(x_test).argmax(1) == y_test).float().mean() > 0.9
+
+
+def test_single_sample_and_missing_classes():
+    x, y = blobs(40)
+    one = train_probe(x[:1], y[:1], 10, ProbeConfig(max_epochs=20), gen())
+    proba = one.predict_proba(x)
+    assert proba.shape == (40, 10) and torch.isfinite(proba).all()
+    assert proba[0].argmax() == y[0]
+    assert torch.equal(one.norm.running_var, torch.ones(16))  # BatchNorm stays identity
+
+
+def test_float16_features_train():
+    x, y = blobs(100)
+    probe = train_probe(x.half(), y, 4, ProbeConfig(max_epochs=50), gen())
+    assert probe.linear.weight.dtype == torch.float32 and math.isfinite(probe.loss_history[-1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"dropout": 1.0}, "dropout"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"patience": 0}, "patience"),
+        ({"lr": -1.0}, "lr"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ProbeConfig(**kwargs)
+
+
+def test_bad_training_inputs():
+    x, y = blobs(20)
+    with pytest.raises(ValueError, match="labels must lie"):
+        train_probe(x, y + 4, 4)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        train_probe(x, y[:5], 4)
+    bad = x.clone()
+    bad[3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        train_probe(bad, y, 4)
+    with pytest.raises(ValueError, match="non-empty"):
+        train_probe(x[:0], y[:0], 4)
