@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from scipy import stats
+from tqdm.auto import tqdm
 
 METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "auroc")
 RUN_COLUMNS = (
@@ -125,18 +126,43 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no run result files given")
-    frames = [_read_run(p) for p in paths]
+    frames = [_read_run(p) for p in tqdm(paths, desc="loading runs", unit="run", leave=False)]
     runs = pd.concat(frames, ignore_index=True)
     if "arm" not in runs.columns or runs["arm"].isna().any():
         runs["arm"] = _arms(runs)
     key = ["model", "dataset", "arm", "seed", "round"]
+    runs = _drop_prefix_files(runs)
     dup = runs.duplicated(key, keep=False)
     if dup.any():
-        row = runs.loc[dup, key + ["source"]].iloc[0]
-        raise ValueError(
-            f"round {row['round']} of {dict(row[key[:-1]])} appears twice ({row['source']})"
-        )
+        row = runs.loc[dup].iloc[0]
+        clash = runs[dup & (runs[list(RUN_KEYS)] == row[list(RUN_KEYS)]).all(axis=1)]
+        run = ", ".join(f"{k}={row[k]}" for k in RUN_KEYS)
+        files = ", ".join(sorted(set(clash["source"].astype(str))))
+        raise ValueError(f"run {run} appears in several files with different results: {files}")
     return _add_completeness(runs.sort_values(key, ignore_index=True))
+
+
+def _drop_prefix_files(runs: pd.DataFrame) -> pd.DataFrame:
+    """Drop files that hold an earlier stage of a run also given in full (the workflow's
+    ``upto{round}`` files): same run, its rounds a prefix of the longest file's, same metrics."""
+    if "source" not in runs.columns or runs["source"].isna().all():
+        return runs
+    keep = []
+    for _, run in runs.groupby(list(RUN_KEYS), sort=False):
+        sources = run.groupby("source", sort=False)
+        if sources.ngroups == 1:
+            keep.append(run)
+            continue
+        longest = run[run["source"] == sources.size().idxmax()].set_index("round")
+        others = run[run["source"] != longest["source"].iloc[0]].set_index("round")
+        shared = others.index.isin(longest.index)
+        same = shared.all() and np.array_equal(
+            others[list(METRICS)].to_numpy(),
+            longest.loc[others.index, list(METRICS)].to_numpy(),
+            equal_nan=True,
+        )
+        keep.append(longest.reset_index() if same else run)
+    return pd.concat(keep, ignore_index=True)
 
 
 def _arms(runs: pd.DataFrame) -> pd.Series:

@@ -234,8 +234,19 @@ def test_load_runs_errors_name_the_culprit(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="bad.parquet lacks columns"):
         results.load_runs([bad])
     one = write_run(tmp_path / "one.parquet", [0.1, 0.2])
-    with pytest.raises(ValueError, match="appears twice"):
-        results.load_runs([one, one])
+    other = write_run(tmp_path / "other.parquet", [0.1, 0.3])
+    with pytest.raises(
+        ValueError, match="run model=m, dataset=d, arm=random, seed=1 appears in several files"
+    ):
+        results.load_runs([one, other])
+
+
+def test_earlier_stage_of_a_run_is_dropped(tmp_path: Path) -> None:
+    full = write_run(tmp_path / "upto4.parquet", [0.1, 0.2, 0.3, 0.4])
+    early = write_run(tmp_path / "upto2.parquet", [0.1, 0.2], evaluations=4)
+    runs = results.load_runs([early, full])
+    assert list(runs["round"]) == [1, 2, 3, 4] and set(runs["source"]) == {str(full)}
+    assert runs["run_complete"].all()
 
 
 def test_expected_rounds_from_metadata(tmp_path: Path) -> None:
