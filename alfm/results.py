@@ -20,6 +20,7 @@ Conventions used by every statistic here:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -46,7 +47,7 @@ RUN_COLUMNS = (
     "init",
     "seed",
 )
-ID_COLUMNS = ("model", "dataset", "arm", "strategy", "init")
+ID_COLUMNS = ("model", "dataset", "arm", "strategy", "init", "params")
 RUN_KEYS = ("model", "dataset", "arm", "seed")
 BASELINE = "random"
 WILCOXON_MIN_SEEDS = 6
@@ -315,7 +316,7 @@ def ranks(auc: pd.DataFrame, column: str = "auc_full_mean") -> pd.DataFrame:
 
 def mean_ranks(rank_table: pd.DataFrame) -> pd.DataFrame:
     """Per arm: mean rank over the (model, dataset) pairs where it was ranked, and how many."""
-    groups = rank_table.groupby(["arm", "strategy", "init"])
+    groups = rank_table.groupby(list(ID_COLUMNS[2:]))
     out = pd.DataFrame(
         {
             "mean_rank": groups["rank"].mean(),
@@ -328,16 +329,23 @@ def mean_ranks(rank_table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _baseline_arm(arms: pd.DataFrame, arm_row: pd.Series, baseline: str) -> str | None:
-    """The baseline arm to pair with ``arm_row`` in its (model, dataset): same init if several."""
+    """The baseline arm to pair with ``arm_row`` in its (model, dataset): the only arm of the
+    baseline strategy, else the one with the same init and params; None (with a warning when
+    ambiguous) if there is none."""
     candidates = arms[arms["strategy"] == baseline]
     if len(candidates) > 1:
         candidates = candidates[candidates["init"] == arm_row["init"]]
-        if len(candidates) != 1:
-            raise ValueError(
-                f"{arm_row['model']}/{arm_row['dataset']}: several {baseline!r} baselines and none "
-                f"with init {arm_row['init']!r} to pair with arm {arm_row['arm']!r}"
+    if len(candidates) > 1:
+        candidates = candidates[candidates["params"] == arm_row["params"]]
+    if len(candidates) != 1:
+        if len(arms[arms["strategy"] == baseline]) > 1:
+            warnings.warn(
+                f"{arm_row['model']}/{arm_row['dataset']}: several {baseline!r} arms and no "
+                f"unique one to pair with {arm_row['arm']!r}; it is left out of the comparison",
+                stacklevel=3,
             )
-    return None if candidates.empty else str(candidates["arm"].iloc[0])
+        return None
+    return str(candidates["arm"].iloc[0])
 
 
 def paired_tests(
@@ -500,7 +508,7 @@ def completeness(runs: pd.DataFrame) -> pd.DataFrame:
     per_run = per_run.reset_index()
     seeds_of = runs.groupby(["model", "dataset"])["seed"].unique()
     pairs = runs[["model", "dataset"]].drop_duplicates()
-    arms = runs[["arm", "strategy", "init"]].drop_duplicates()
+    arms = runs[list(ID_COLUMNS[2:])].drop_duplicates()
     grid = pairs.merge(arms, how="cross")
     rows = []
     for _, cell in grid.sort_values([*ID_COLUMNS]).iterrows():

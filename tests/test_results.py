@@ -271,3 +271,29 @@ def test_cli_aggregate_and_combined_round_trip(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(again, results.load_runs(paths))
     with pytest.raises(FileNotFoundError, match="without runs.parquet"):
         results.load_inputs([tmp_path])
+
+
+def test_baseline_paired_by_init_and_ambiguity_warned(tmp_path: Path) -> None:
+    paths = [
+        write_run(
+            tmp_path / f"{s}_{i}_{seed}.parquet",
+            [0.5, v + (0.01 * seed if s == "dropquery" else 0)],
+            strategy=s,
+            init=i,
+            seed=seed,
+        )
+        for s, i, v in [
+            ("random", "random", 0.6),
+            ("random", "centroid", 0.7),
+            ("dropquery", "centroid", 0.8),
+            ("entropy", "typiclust", 0.9),
+        ]
+        for seed in (1, 2)
+    ]
+    auc_runs = results.run_auc(results.load_runs(paths))
+    with pytest.warns(UserWarning, match="no unique one to pair with 'entropy'"):
+        tests = results.paired_tests(auc_runs)
+    assert list(tests["arm"]) == ["dropquery"]
+    assert tests["baseline"].iloc[0] == "random[centroid]"
+    # AUC of [0.5, v] is (0.5 + v) / 2: differences (0.81 − 0.7) / 2 and (0.82 − 0.7) / 2
+    assert tests["mean_diff"].iloc[0] == pytest.approx(0.0575)
