@@ -22,3 +22,12 @@ rule active_learning:
         round=r"\d+",
     run:
         advance_run(input, params, output, log, threads)
+
+
+localrules:
+    runs,
+
+
+rule runs:
+    input:
+        run_result_paths(),

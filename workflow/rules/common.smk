@@ -118,7 +118,7 @@ def check_names() -> None:
             except UnknownNameError as err:
                 raise WorkflowError(f"config key {key!r}: {err}") from None
         raise WorkflowError(
-            f"config key {key!r}: unknown {kind} {name!r}; known {kind}s: {', '.join(names)}"
+            f"config key {key!r}: unknown {kind} {name!r}; known {kind} names: {', '.join(names)}"
             f" (or a dotted path 'package.module:Name')"
         )
 
@@ -243,7 +243,7 @@ def extract_store(wildcards, output, log, threads: int) -> None:
     from alfm.extract import extract_features
 
     torch.set_num_threads(threads)
-    settings = config["extract"]
+    settings = {k: v for k, v in config["extract"].items() if v is not None}
     with open(log[0], "w") as stream, contextlib.redirect_stderr(stream):
         extract_features(
             MODELS[wildcards.model],
@@ -251,8 +251,5 @@ def extract_store(wildcards, output, log, threads: int) -> None:
             output[0],
             root=dataset_root(DATASETS[wildcards.dataset]),
             model_dir=config["model_dir"],
-            batch_size=settings["batch_size"],
-            num_workers=settings["workers"],
-            device=settings["device"],
-            dtype=settings["dtype"],
+            **settings,
         )
