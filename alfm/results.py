@@ -356,6 +356,8 @@ def paired_tests(
     Uses complete runs whose seed both arms have. Test: Wilcoxon signed-rank (two-sided, scipy's
     default method) with at least ``WILCOXON_MIN_SEEDS`` pairs, else a two-sided paired t-test;
     ``test`` names it ("none" below 2 pairs). ``mean_diff`` (arm − baseline) has a 95% t-interval.
+    ``q_value``: p-values adjusted for the arms tested in the same (model, dataset)
+    (Benjamini-Hochberg false discovery rate).
     """
     done = auc_runs[auc_runs["run_complete"]]
     arms = auc_runs[list(ID_COLUMNS)].drop_duplicates()
@@ -387,7 +389,18 @@ def paired_tests(
                     "p_value": p,
                 }
             )
-    return pd.DataFrame(rows, columns=_TEST_COLUMNS)
+    out = pd.DataFrame(rows, columns=_TEST_COLUMNS)
+    out["q_value"] = out.groupby(["model", "dataset"])["p_value"].transform(_bh)
+    return out
+
+
+def _bh(p: pd.Series) -> pd.Series:
+    """Benjamini-Hochberg adjusted p-values (scipy), NaN where no test was run."""
+    q = p.copy()
+    tested = p.notna()
+    if tested.any():
+        q[tested] = stats.false_discovery_control(p[tested].to_numpy(dtype=float))
+    return q
 
 
 _TEST_COLUMNS = [
@@ -578,7 +591,7 @@ def summary_markdown(tables: dict[str, pd.DataFrame], metric: str = "accuracy") 
     """A readable digest: completeness, AUC with CI, rank, test against random, label savings."""
     keys = [*ID_COLUMNS]
     auc = tables["auc"].merge(tables["ranks"][[*keys, "rank"]], on=keys, how="left")
-    tests = tables["tests"][[*keys, "mean_diff", "test", "p_value", "n_pairs"]]
+    tests = tables["tests"][[*keys, "mean_diff", "test", "p_value", "q_value", "n_pairs"]]
     savings = tables["savings"][[*keys, "labels_needed", "savings", "status"]]
     table = auc.merge(tests, on=keys, how="left").merge(savings, on=keys, how="left")
     table["auc (95% CI)"] = [
@@ -589,7 +602,7 @@ def summary_markdown(tables: dict[str, pd.DataFrame], metric: str = "accuracy") 
         f"{c}/{e}" + ("" if ok else " (incomplete)")
         for c, e, ok in table[["n_complete", "expected_seeds", "complete"]].to_numpy()
     ]
-    cols = ["arm", "seeds", "auc (95% CI)", "rank", "mean_diff", "test", "p_value"]
+    cols = ["arm", "seeds", "auc (95% CI)", "rank", "mean_diff", "test", "p_value", "q_value"]
     cols += ["labels_needed", "savings", "status"]
     parts = [
         "# Active-learning results",
@@ -597,12 +610,14 @@ def summary_markdown(tables: dict[str, pd.DataFrame], metric: str = "accuracy") 
         f"Metric: {metric}. AUC: trapezoid over the evaluation index divided by its span "
         "(mean over complete runs, 95% Student-t interval over seeds). rank: 1 = best AUC in its "
         "(model, dataset), ties averaged. mean_diff / p_value: AUC minus random's, paired by seed "
-        f"(Wilcoxon signed-rank with ≥ {WILCOXON_MIN_SEEDS} seeds, else paired t-test). "
+        f"(Wilcoxon signed-rank with ≥ {WILCOXON_MIN_SEEDS} seeds, else paired t-test); q_value: "
+        "Benjamini-Hochberg adjusted over the arms of the (model, dataset). "
         "labels_needed: labels for the mean curve to reach random's final mean "
         f"{metric}.",
     ]
     for (model, dataset), part in table.groupby(["model", "dataset"], sort=True):
         parts += ["", f"## {model} / {dataset}", "", _markdown(part.sort_values("rank")[cols])]
+        parts += ["", _verdict(part)]
     parts += ["", "## Mean rank over (model, dataset)", "", _markdown(tables["mean_ranks"])]
     incomplete = tables["completeness"][~tables["completeness"]["complete"]]
     parts += ["", "## Completeness", ""]
@@ -612,6 +627,21 @@ def summary_markdown(tables: dict[str, pd.DataFrame], metric: str = "accuracy") 
         parts.append("Incomplete arms (excluded runs are not averaged into AUC, tests, savings):")
         parts += ["", _markdown(incomplete)]
     return "\n".join(parts) + "\n"
+
+
+def _verdict(part: pd.DataFrame, alpha: float = 0.05) -> str:
+    """One sentence per direction: arms whose AUC differs from random's at level ``alpha``."""
+    tested = part[part["p_value"].notna()].sort_values("mean_diff", ascending=False)
+
+    def names(rows: pd.DataFrame) -> str:
+        return ", ".join(f"{r.arm} ({r.mean_diff:+.3f})" for r in rows.itertuples()) or "none"
+
+    significant = tested["p_value"] < alpha
+    return (
+        f"Above random (p < {alpha}): {names(tested[significant & (tested['mean_diff'] > 0)])}. "
+        f"Below random: {names(tested[significant & (tested['mean_diff'] < 0)])}. "
+        f"No significant difference: {names(tested[~significant])}."
+    )
 
 
 def write_tables(runs: pd.DataFrame, out_dir: str | Path, metric: str = "accuracy") -> list[Path]:

@@ -139,6 +139,24 @@ def test_wilcoxon_with_six_seeds_equals_scipy_and_exact_value(tmp_path: Path) ->
     assert row["p_value"] == pytest.approx(2 / 2**6)  # exact: all six differences positive
 
 
+def test_q_values_are_benjamini_hochberg_per_pair(tmp_path: Path) -> None:
+    spec = {}
+    for seed in (1, 2, 3):
+        spec[("random", seed)] = [0.5] * 3
+        spec[("a", seed)] = [0.5 + 0.01 * seed] * 3  # a, b, c: growing gaps over random
+        spec[("b", seed)] = [0.5 + 0.02 * seed**2] * 3
+        spec[("c", seed)] = [0.5 + 0.1 + 0.001 * seed] * 3
+    tests = results.paired_tests(results.run_auc(_runs(tmp_path, spec)))
+    p = tests["p_value"].to_numpy()
+    assert np.allclose(tests["q_value"], stats.false_discovery_control(p))
+    # by hand: p sorted ascending p(1) ≤ p(2) ≤ p(3), q(3) = p(3), q(i) = min(q(i+1), p(i)·3/i)
+    order = np.argsort(p)
+    q3 = p[order[2]]
+    q2 = min(q3, p[order[1]] * 3 / 2)
+    q1 = min(q2, p[order[0]] * 3)
+    assert tests["q_value"].to_numpy()[order] == pytest.approx([q1, q2, q3])
+
+
 def test_paired_test_needs_two_pairs(tmp_path: Path) -> None:
     row = results.paired_tests(results.run_auc(_paired_runs(tmp_path, [0.1]))).iloc[0]
     assert row["test"] == "none" and math.isnan(row["p_value"])
