@@ -6,9 +6,10 @@ label, or strategy + init when one strategy runs with several inits) and complet
 
 Conventions used by every statistic here:
 
-- A run is *complete* when it has every expected evaluation (the ``budget.evaluations`` of its
-  config, else the most rounds any run of its (model, dataset) has). An arm is complete when every
-  seed of its (model, dataset) is present and complete.
+- A run is *complete* when it has every expected evaluation of its (model, dataset): the largest
+  ``budget.evaluations`` of their run configs or number of rounds of their runs, so a run stopped
+  early (or written by a job that ran fewer rounds) is flagged. An arm is complete when every seed
+  of its (model, dataset) is present (any arm has it) and complete.
 - Per-round curves average every seed that reached the round and report how many did (``n_seeds``).
 - Whole-run statistics (AUC, ranks, paired tests, label savings) use complete runs only; how many
   were used and whether the arm is complete is in every table, so partial data is never averaged
@@ -183,8 +184,9 @@ def _add_completeness(runs: pd.DataFrame) -> pd.DataFrame:
     """Round counts and completeness flags per run (see the module docstring)."""
     runs = runs.drop(columns=["n_rounds", "expected_seeds", "run_complete"], errors="ignore")
     runs["n_rounds"] = runs.groupby(list(RUN_KEYS))["round"].transform("size")
-    fallback = runs.groupby(["model", "dataset"])["n_rounds"].transform("max")
-    runs["expected_rounds"] = runs["expected_rounds"].fillna(fallback).astype(int)
+    longest = runs[["expected_rounds", "n_rounds"]].max(axis=1)
+    runs["expected_rounds"] = longest.groupby([runs["model"], runs["dataset"]]).transform("max")
+    runs["expected_rounds"] = runs["expected_rounds"].astype(int)
     runs["expected_seeds"] = runs.groupby(["model", "dataset"])["seed"].transform("nunique")
     runs["run_complete"] = runs["n_rounds"] >= runs["expected_rounds"]
     return runs

@@ -189,6 +189,9 @@ def test_missing_seeds_and_truncated_runs_are_flagged_not_averaged(tmp_path: Pat
         # entropy: seed 1 stopped after 3 of 4 evaluations, seed 2 complete
         write_run(tmp_path / "e1.parquet", [0.9, 0.9, 0.9], strategy="entropy", evaluations=4),
         write_run(tmp_path / "e2.parquet", [0.3, 0.5, 0.7, 0.9], strategy="entropy", seed=2),
+        # margins: seed 1's own config asks for 3 evaluations, the others have 4
+        write_run(tmp_path / "m1.parquet", [0.2, 0.4, 0.6], strategy="margins", evaluations=3),
+        write_run(tmp_path / "m2.parquet", [0.3, 0.5, 0.7, 0.9], strategy="margins", seed=2),
         # coreset: seed 2 missing
         write_run(tmp_path / "c1.parquet", [0.2, 0.4, 0.6, 0.8], strategy="coreset"),
         # badge only on another dataset
@@ -204,6 +207,7 @@ def test_missing_seeds_and_truncated_runs_are_flagged_not_averaged(tmp_path: Pat
     badge = _row(comp, arm="badge", dataset="d")
     assert badge["n_seeds"] == 0 and badge["missing_seeds"] == "1 2"
     assert _row(comp, arm="random", dataset="d")["complete"]
+    assert _row(comp, arm="margins", dataset="d")["truncated_runs"] == "seed 1: 3/4 rounds"
     # the truncated entropy run does not enter the AUC: only seed 2 (AUC 0.6) counts
     auc = _row(tables["auc"], arm="entropy", dataset="d")
     assert auc["auc_full_mean"] == pytest.approx(0.6) and auc["n_complete"] == 1
