@@ -133,7 +133,7 @@ def extract_features(
     writer = StoreWriter.open(out, attrs, sizes, backbone.dim, dtype=dtype, chunk_rows=chunk_rows)
     if writer.complete:
         return out
-    net = _prepare(backbone, dev)
+    net = prepare_model(backbone, dev)
     workers = default_workers() if num_workers is None else num_workers
     pending = {name: writer.pending_chunks(name) for name in SPLITS}
     total = sum(
@@ -169,7 +169,8 @@ def extract_features(
     return out
 
 
-def _prepare(backbone: Backbone, device: torch.device) -> torch.nn.Module:
+def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
+    """The backbone's model in eval mode on ``device`` (channels_last on CUDA)."""
     net = backbone.model.eval().to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
@@ -177,7 +178,8 @@ def _prepare(backbone: Backbone, device: torch.device) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def _embed(net: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
+def embed_batch(net: torch.nn.Module, images: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Features of one batch as float32 numpy (bf16 autocast and channels_last on CUDA)."""
     images = images.to(device, non_blocking=True)
     if device.type == "cuda":
         images = images.contiguous(memory_format=torch.channels_last)
@@ -220,7 +222,7 @@ def _extract_split(
             if bad and not skip_bad_images:
                 first = bad[0]
                 raise BadImageError(paths[first], ids[first], reasons[first])
-            features = _embed(net, images, device)
+            features = embed_batch(net, images, device)
             features[np.asarray(labels) < 0] = 0
             parts.append((features, labels.numpy(), list(ids)))
             count += len(ids)
