@@ -51,10 +51,15 @@ def device_generator(generator: torch.Generator, device: torch.device) -> torch.
     return derived
 
 
-def l2_normalize(x: Tensor) -> Tensor:
-    """Rows of ``x`` scaled to unit L2 norm, float32 (zero rows stay zero)."""
+def l2_normalize(x: Tensor, inplace: bool = False) -> Tensor:
+    """Rows of ``x`` scaled to unit L2 norm, float32 (zero rows stay zero).
+
+    ``inplace`` overwrites a float32 ``x`` instead of allocating a copy.
+    """
     _check_2d(x, "x")
-    out = x.float().clone() if x.dtype == torch.float32 else x.float()
+    if inplace and x.dtype != torch.float32:
+        raise TypeError(f"in-place normalization needs float32, got {x.dtype}")
+    out = x if inplace else x.float().clone() if x.dtype == torch.float32 else x.float()
     norms = torch.linalg.vector_norm(out, dim=1, keepdim=True).clamp_min_(1e-12)
     return out.div_(norms)
 

@@ -80,35 +80,62 @@ class Probe(nn.Module):
             x = _dropout(x, self.dropout, generator)
         return self.linear(self.norm(x))
 
+    @torch.no_grad()
+    def folded_linear(self) -> tuple[Tensor, Tensor]:
+        """Eval-mode BatchNorm folded into the linear layer: logits = x @ W'ᵀ + b'."""
+        inv_std = (self.norm.running_var + self.norm.eps).rsqrt()
+        weight = self.linear.weight * inv_std
+        return weight, self.linear.bias - weight @ self.norm.running_mean
+
     def chunk_logits(
-        self, x: Tensor, generator: torch.Generator | None = None, p: float | None = None
+        self,
+        x: Tensor,
+        generator: torch.Generator | None = None,
+        p: float | None = None,
+        folded: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Eval-mode logits of a float32 chunk; with ``generator``, input dropout (rate ``p``,
-        default the probe's own) is applied first with masks drawn from it.
+        default the probe's own) is applied first with masks drawn from it. ``folded`` may pass
+        a precomputed :meth:`folded_linear`.
         """
-        if generator is not None:
-            rate = self.dropout if p is None else p
-            if not 0.0 <= rate < 1.0:
-                raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-            x = _dropout(x, rate, generator)
-        x = F.batch_norm(
-            x, self.norm.running_mean, self.norm.running_var, training=False, eps=self.norm.eps
-        )
-        return F.linear(x, self.linear.weight, self.linear.bias)
+        weight, bias = folded if folded is not None else self.folded_linear()
+        rate = self.dropout if p is None else p
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
+        if generator is None or rate == 0.0:
+            return torch.addmm(bias, x, weight.T)
+        # One buffer: uniform draws → keep mask (0/1) → masked input; 1/(1−p) folded into alpha.
+        masked = torch.rand(x.shape, generator=generator, device=x.device).ge_(rate).mul_(x)
+        return torch.addmm(bias, masked, weight.T, alpha=1.0 / (1.0 - rate))
 
     @torch.no_grad()
-    def map_chunks(self, x: Tensor, fn: Callable[[Tensor], Tensor]) -> Tensor:
-        """``fn`` applied to float32 row chunks of ``x``, results concatenated along rows.
+    def map_chunks(
+        self, x: Tensor, fn: Callable[[Tensor], Tensor], rows: Tensor | None = None
+    ) -> Tensor:
+        """``fn`` applied to float32 row chunks of ``x`` (or of ``x[rows]``, gathered chunk by
+        chunk so the selection is never copied whole), results stacked along the first dimension.
 
         Lets strategies reduce per chunk (e.g. logits → score) so no (N, C) array is ever held.
         """
+        n = x.shape[0] if rows is None else rows.numel()
         chunk = auto_chunk(max(x.shape[1], self.num_classes), x.device, 16)
-        return torch.cat([fn(x[s : s + chunk].float()) for s in range(0, x.shape[0], chunk)])
+        out: Tensor | None = None
+        for start in range(0, n, chunk):
+            part = slice(start, start + chunk) if rows is None else rows[start : start + chunk]
+            result = fn(x[part].float())
+            if out is None:
+                out = torch.empty((n, *result.shape[1:]), dtype=result.dtype, device=result.device)
+            out[start : start + result.shape[0]] = result
+        if out is None:  # no rows: the shape of fn's output on an empty chunk
+            out = fn(x[:0].float())
+        return out
 
-    def embed(self, x: Tensor) -> Tensor:
-        """z: the standardized input (BatchNorm running statistics, no dropout), float32 (N, D)."""
+    def embed(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
+        """z: the standardized input (BatchNorm running statistics, no dropout), float32 (N, D);
+        only for ``x[rows]`` when ``rows`` is given.
+        """
         mean, std = self.norm.running_mean, (self.norm.running_var + self.norm.eps).sqrt()
-        return self.map_chunks(x, lambda xc: (xc - mean) / std)
+        return self.map_chunks(x, lambda xc: (xc - mean) / std, rows)
 
     def logits(self, x: Tensor) -> Tensor:
         """Clean (eval-mode, no dropout) logits, float32 (N, C)."""

@@ -21,12 +21,13 @@ def mutual_information(
     Computed chunk by chunk: all passes of one chunk before the next, so memory is O(chunk·C).
     """
     gen = device_generator(generator, features.device)
+    folded = probe.folded_linear()
 
     def chunk_mi(xc: Tensor) -> Tensor:
         mean_p = torch.zeros(xc.shape[0], probe.num_classes, device=xc.device)
         mean_h = torch.zeros(xc.shape[0], device=xc.device)
         for _ in range(num_passes):
-            p = probe.chunk_logits(xc, gen).softmax(dim=1)
+            p = probe.chunk_logits(xc, gen, folded=folded).softmax(dim=1)
             mean_p += p
             mean_h += entropy(p)
         return (entropy(mean_p / num_passes) - mean_h / num_passes).clamp_min_(0.0)

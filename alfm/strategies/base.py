@@ -225,11 +225,17 @@ def random_fill(chosen: Tensor, pool: Tensor, budget: int, generator: torch.Gene
 
 
 def cluster_representatives(
-    features: Tensor, candidates: Tensor, k: int, generator: torch.Generator
+    features: Tensor, candidates: Tensor | None, k: int, generator: torch.Generator
 ) -> Tensor:
-    """k-means (k-means++ seeds) on L2-normalized ``features[candidates]``; the candidate nearest
-    each centroid. Returns up to ``k`` distinct candidates (fewer only when clusters collapse).
+    """k-means (k-means++ seeds) on L2-normalized ``features[candidates]`` (all rows when
+    ``candidates`` is None); the candidate nearest each centroid. Returns up to ``k`` distinct
+    candidates (fewer only when clusters collapse), as row indices when ``candidates`` is None.
     """
-    x = l2_normalize(features[candidates.to(features.device)])
+    if candidates is None:
+        x = l2_normalize(features)
+    else:
+        rows = features[candidates.to(features.device)]  # a fresh copy: normalize it in place
+        x = l2_normalize(rows, inplace=True) if rows.dtype == torch.float32 else l2_normalize(rows)
     centroids, assignment = kmeans(x, k, generator)
-    return candidates[nearest_to_centroids(x, centroids, assignment).to(candidates.device)]
+    picks = nearest_to_centroids(x, centroids, assignment)
+    return picks if candidates is None else candidates[picks.to(candidates.device)]

@@ -51,12 +51,14 @@ class DropQuery(Strategy):
         """(N,) number of dropout passes whose predicted class differs from the clean one."""
         probe = ctx.probe
         gen = device_generator(generator, ctx.features.device)
+        folded = probe.folded_linear()
 
         def count(xc: Tensor) -> Tensor:
-            clean = probe.chunk_logits(xc).argmax(dim=1)
+            clean = probe.chunk_logits(xc, folded=folded).argmax(dim=1)
             total = torch.zeros_like(clean)
             for _ in range(self.num_passes):
-                total += probe.chunk_logits(xc, gen, self.dropout).argmax(dim=1) != clean
+                dropped = probe.chunk_logits(xc, gen, self.dropout, folded)
+                total += dropped.argmax(dim=1) != clean
             return total
 
         return probe.map_chunks(ctx.features, count)
@@ -71,7 +73,6 @@ class DropQuery(Strategy):
         candidates = unlabeled[mismatch > threshold]
         if candidates.numel() < budget:
             return random_fill(candidates, unlabeled, budget, generator)
-        z = ctx.probe.embed(ctx.features[candidates])
-        local = torch.arange(candidates.numel(), device=z.device)
-        chosen = candidates[cluster_representatives(z, local, budget, generator)]
+        z = ctx.probe.embed(ctx.features, rows=candidates)
+        chosen = candidates[cluster_representatives(z, None, budget, generator)]
         return random_fill(chosen, candidates, budget, generator)

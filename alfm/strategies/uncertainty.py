@@ -77,7 +77,7 @@ class ScoreStrategy(Strategy):
         ranked = top_unlabeled(scores, ctx, min(self.candidate_factor * budget, num_unlabeled))
         x = l2_normalize(ctx.features[ranked])
         centroids, assignment = kmeans(x, budget, generator)
-        if self.typical_features:
+        if self.typical_features and x.shape[0] >= 2:
             dist, _ = knn(x, max(1, min(20, x.shape[0] // 2)))
             value = dist.mean(dim=1)  # lowest mean distance = most typical
         else:
