@@ -25,6 +25,7 @@ import gc
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -100,6 +101,24 @@ def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, int, Any]
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
     return seconds, peak.bytes, out
+
+
+def time_limited(fn: Callable[[], Any], limit: float) -> float:
+    """Seconds ``fn()`` took; raises TimeoutError once it runs past ``limit`` seconds (checked
+    between Python bytecodes, so a long C call finishes first)."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -278,7 +297,10 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
                 row.note = f"skactiveml skipped: needs ~{need / 2**30:.0f} GiB"
             else:
                 try:
-                    row.sk_seconds, _, _ = timed(torch.device("cpu"), sk[name])
+                    row.sk_seconds = time_limited(sk[name], args.sk_timeout)
+                except TimeoutError:
+                    row.note = f"skactiveml stopped after {args.sk_timeout:.0f} s"
+                    row.sk_seconds = None
                 except Exception as err:  # report, do not abort the whole table
                     row.note = f"skactiveml failed: {type(err).__name__}: {err}"[:120]
         elif sk_reason and name in SHARED:
@@ -339,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-skactiveml", dest="skactiveml", action="store_false")
     parser.add_argument("--sk-max-n", type=int, default=50000, help="largest N for skactiveml")
     parser.add_argument("--sk-mem-gb", type=float, default=4.0, help="skip skactiveml above this")
+    parser.add_argument("--sk-timeout", type=float, default=300, help="seconds per skactiveml call")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
