@@ -117,11 +117,11 @@ def plot_learning_curves(curves: pd.DataFrame, metric: str = "accuracy") -> Figu
         )
         order = _arm_order(curves)
         incomplete_any = False
+        by_arm = dict(iter(curves.sort_values("round").groupby(["model", "dataset", "arm"])))
         for ax, (model, dataset) in zip(axes.flat, pairs, strict=False):
-            here = curves[(curves["model"] == model) & (curves["dataset"] == dataset)]
             for arm in order:
-                curve = here[here["arm"] == arm].sort_values("round")
-                if curve.empty:
+                curve = by_arm.get((model, dataset, arm))
+                if curve is None:
                     continue
                 complete = bool(curve["complete"].all())
                 incomplete_any |= not complete

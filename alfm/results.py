@@ -272,35 +272,37 @@ def normalized_auc(values: Sequence[float] | np.ndarray) -> float:
 def run_auc(runs: pd.DataFrame, metric: str = "accuracy", window: int = AUC_WINDOW) -> pd.DataFrame:
     """Per run: normalized AUC of ``metric`` over all, the first ``window`` and last ``window``
     evaluations (``auc_full``, ``auc_first``, ``auc_last``), final value, ``run_complete``."""
-    rows = []
-    for key, run in runs.groupby([*ID_COLUMNS, "seed"], sort=True):
-        y = run.sort_values("round")[metric].to_numpy()
+    keys = [*ID_COLUMNS, "seed"]
+    ordered = runs.sort_values([*keys, "round"])
+    y_all = ordered[metric].to_numpy(dtype=float)
+    first = ordered.groupby(keys, sort=True).head(1).set_index(keys)
+    index, rows = [], []
+    for key, positions in ordered.groupby(keys, sort=True).indices.items():
+        y = y_all[positions]
+        index.append(key)
         rows.append(
             {
-                **dict(zip([*ID_COLUMNS, "seed"], key, strict=True)),
-                "n_rounds": len(y),
-                "expected_rounds": int(run["expected_rounds"].iloc[0]),
-                "run_complete": bool(run["run_complete"].iloc[0]),
                 "auc_full": normalized_auc(y),
                 "auc_first": normalized_auc(y[:window]),
                 "auc_last": normalized_auc(y[-window:]),
                 "final": float(y[-1]),
             }
         )
-    return pd.DataFrame(rows)
+    auc = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=keys))
+    return first[["n_rounds", "expected_rounds", "run_complete"]].join(auc).reset_index()
 
 
-def auc_summary(auc_runs: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+def auc_summary(auc_runs: pd.DataFrame, complete_table: pd.DataFrame) -> pd.DataFrame:
     """Per arm: mean and 95% CI over complete runs of each AUC and the final value.
 
     ``n_complete`` counts the runs used, ``n_seeds`` the runs present, ``complete`` whether every
-    expected seed is present and complete.
+    expected seed is present and complete (from ``complete_table``, :func:`completeness`).
     """
     done = auc_runs[auc_runs["run_complete"]]
     groups = done.groupby(list(ID_COLUMNS), sort=True)
     parts = [_ci_frame(groups, col, col) for col in ("auc_full", "auc_first", "auc_last", "final")]
     out = pd.concat(parts, axis=1) if len(done) else pd.DataFrame()
-    present = completeness(runs).set_index(list(ID_COLUMNS))
+    present = complete_table.set_index(list(ID_COLUMNS))
     out = present[["n_seeds", "n_complete", "expected_seeds", "complete"]].join(out, how="left")
     return out.reset_index()
 
@@ -330,24 +332,24 @@ def mean_ranks(rank_table: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index().sort_values(["mean_rank", "arm"], ignore_index=True)
 
 
-def _baseline_arm(arms: pd.DataFrame, arm_row: pd.Series, baseline: str) -> str | None:
-    """The baseline arm to pair with ``arm_row`` in its (model, dataset): the only arm of the
-    baseline strategy, else the one with the same init and params; None (with a warning when
-    ambiguous) if there is none."""
-    candidates = arms[arms["strategy"] == baseline]
-    if len(candidates) > 1:
-        candidates = candidates[candidates["init"] == arm_row["init"]]
-    if len(candidates) > 1:
-        candidates = candidates[candidates["params"] == arm_row["params"]]
-    if len(candidates) != 1:
-        if len(arms[arms["strategy"] == baseline]) > 1:
-            warnings.warn(
-                f"{arm_row['model']}/{arm_row['dataset']}: several {baseline!r} arms and no "
-                f"unique one to pair with {arm_row['arm']!r}; it is left out of the comparison",
-                stacklevel=3,
-            )
-        return None
-    return str(candidates["arm"].iloc[0])
+def _baseline_arm(arms: list[dict], arm: dict, baseline: str) -> str | None:
+    """The baseline arm to pair with ``arm`` among the ``arms`` (records) of its (model, dataset):
+    the only arm of the baseline strategy, else the one with the same init and params; None (with
+    a warning when ambiguous) if there is none."""
+    every = [a for a in arms if a["strategy"] == baseline]
+    candidates = every
+    for column in ("init", "params"):
+        if len(candidates) > 1:
+            candidates = [a for a in candidates if a[column] == arm[column]]
+    if len(candidates) == 1:
+        return str(candidates[0]["arm"])
+    if len(every) > 1:
+        warnings.warn(
+            f"{arm['model']}/{arm['dataset']}: several {baseline!r} arms and no unique one to "
+            f"pair with {arm['arm']!r}; it is left out of the comparison",
+            stacklevel=3,
+        )
+    return None
 
 
 def paired_tests(
@@ -364,21 +366,27 @@ def paired_tests(
     done = auc_runs[auc_runs["run_complete"]]
     arms = auc_runs[list(ID_COLUMNS)].drop_duplicates()
     rows = []
-    for (model, dataset), pair_arms in arms.groupby(["model", "dataset"], sort=True):
-        here = done[(done["model"] == model) & (done["dataset"] == dataset)]
-        for _, arm_row in pair_arms.sort_values("arm").iterrows():
-            base = _baseline_arm(pair_arms, arm_row, baseline)
+    values = {
+        key: run.set_index("seed")[column]
+        for key, run in done.groupby(["model", "dataset", "arm"], sort=False)
+    }
+    empty = pd.Series(dtype=float)
+    for _, pair_arms in arms.groupby(["model", "dataset"], sort=True):
+        records = pair_arms.sort_values("arm").to_dict("records")
+        for arm_row in records:
+            model, dataset = arm_row["model"], arm_row["dataset"]
+            base = _baseline_arm(records, arm_row, baseline)
             if base is None or base == arm_row["arm"]:
                 continue
-            a = here[here["arm"] == arm_row["arm"]].set_index("seed")[column]
-            b = here[here["arm"] == base].set_index("seed")[column]
+            a = values.get((model, dataset, arm_row["arm"]), empty)
+            b = values.get((model, dataset, base), empty)
             seeds = a.index.intersection(b.index).sort_values()
             diff = (a[seeds] - b[seeds]).to_numpy()
             test, stat, p = _paired_test(a[seeds].to_numpy(), b[seeds].to_numpy())
             mean, low, high = mean_ci(diff)
             rows.append(
                 {
-                    **arm_row.to_dict(),
+                    **arm_row,
                     "baseline": base,
                     "metric": column,
                     "n_pairs": len(seeds),
@@ -451,13 +459,16 @@ def label_savings(
     curves = curves.reset_index()
     arms = runs[list(ID_COLUMNS)].drop_duplicates()
     rows = []
-    for (model, dataset), pair_arms in arms.groupby(["model", "dataset"], sort=True):
-        here = curves[(curves["model"] == model) & (curves["dataset"] == dataset)]
-        for _, arm_row in pair_arms.sort_values("arm").iterrows():
-            base = _baseline_arm(pair_arms, arm_row, baseline)
-            base_curve = here[here["arm"] == base] if base is not None else here.iloc[:0]
-            curve = here[here["arm"] == arm_row["arm"]]
-            row = {**arm_row.to_dict(), "baseline": base, "target": float("nan")}
+    by_arm = dict(iter(curves.groupby(["model", "dataset", "arm"], sort=False)))
+    empty = curves.iloc[:0]
+    for _, pair_arms in arms.groupby(["model", "dataset"], sort=True):
+        records = pair_arms.sort_values("arm").to_dict("records")
+        for arm_row in records:
+            model, dataset = arm_row["model"], arm_row["dataset"]
+            base = _baseline_arm(records, arm_row, baseline)
+            base_curve = by_arm.get((model, dataset, base), empty)
+            curve = by_arm.get((model, dataset, arm_row["arm"]), empty)
+            row = {**arm_row, "baseline": base, "target": float("nan")}
             row.update(labels_needed=float("nan"), baseline_labels=float("nan"), reaches=False)
             if not base_curve.empty and not curve.empty:
                 target = float(base_curve["value"].iloc[-1])
@@ -478,8 +489,8 @@ def label_savings(
 
 def _first_reach(curve: pd.DataFrame, target: float) -> float:
     """Smallest num_labeled at which the mean curve is at least ``target`` (NaN if never)."""
-    hit = curve[curve["value"] >= target]
-    return float(hit["num_labeled"].min()) if len(hit) else float("nan")
+    hit = curve["value"].to_numpy() >= target
+    return float(curve["num_labeled"].to_numpy()[hit].min()) if hit.any() else float("nan")
 
 
 def cost_summary(runs: pd.DataFrame) -> pd.DataFrame:
@@ -521,42 +532,39 @@ def completeness(runs: pd.DataFrame) -> pd.DataFrame:
         run_complete=("run_complete", "first"),
     )
     per_run = per_run.reset_index()
-    seeds_of = runs.groupby(["model", "dataset"])["seed"].unique()
+    per_run["truncated"] = [
+        f"seed {r.seed}: {r.n_rounds}/{r.expected_rounds} rounds" if not r.run_complete else ""
+        for r in per_run.itertuples()
+    ]
+    present = per_run.groupby(list(ID_COLUMNS)).agg(
+        n_seeds=("seed", "size"),
+        n_complete=("run_complete", "sum"),
+        seeds=("seed", set),
+        truncated_runs=("truncated", lambda t: "; ".join(x for x in t if x)),
+    )
+    seeds_of = runs.groupby(["model", "dataset"])["seed"].unique().map(sorted)
     pairs = runs[["model", "dataset"]].drop_duplicates()
-    arms = runs[list(ID_COLUMNS[2:])].drop_duplicates()
-    grid = pairs.merge(arms, how="cross")
-    rows = []
-    for _, cell in grid.sort_values([*ID_COLUMNS]).iterrows():
-        mine = per_run[
-            (per_run["model"] == cell["model"])
-            & (per_run["dataset"] == cell["dataset"])
-            & (per_run["arm"] == cell["arm"])
-            & (per_run["init"] == cell["init"])
-        ]
-        expected = sorted(seeds_of[(cell["model"], cell["dataset"])])
-        missing = [s for s in expected if s not in set(mine["seed"])]
-        short = mine[~mine["run_complete"]]
-        rows.append(
-            {
-                **cell.to_dict(),
-                "n_seeds": len(mine),
-                "n_complete": int(mine["run_complete"].sum()),
-                "expected_seeds": len(expected),
-                "missing_seeds": " ".join(str(s) for s in missing),
-                "truncated_runs": " ".join(
-                    f"seed {r.seed}: {r.n_rounds}/{r.expected_rounds} rounds"
-                    for r in short.itertuples()
-                ),
-                "complete": not missing and short.empty,
-            }
-        )
-    return pd.DataFrame(rows)
+    grid = pairs.merge(runs[list(ID_COLUMNS[2:])].drop_duplicates(), how="cross")
+    out = grid.join(present, on=list(ID_COLUMNS)).sort_values(list(ID_COLUMNS), ignore_index=True)
+    out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
+    out["n_complete"] = out["n_complete"].fillna(0).astype(int)
+    out["truncated_runs"] = out["truncated_runs"].fillna("")
+    expected = [seeds_of[pair] for pair in zip(out["model"], out["dataset"], strict=True)]
+    out["expected_seeds"] = [len(e) for e in expected]
+    out["missing_seeds"] = [
+        " ".join(str(s) for s in e if not (isinstance(have, set) and s in have))
+        for e, have in zip(expected, out["seeds"], strict=True)
+    ]
+    out["complete"] = (out["missing_seeds"] == "") & (out["truncated_runs"] == "")
+    columns = ["n_seeds", "n_complete", "expected_seeds", "missing_seeds", "truncated_runs"]
+    return out[[*ID_COLUMNS, *columns, "complete"]]
 
 
 def compute_tables(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, pd.DataFrame]:
     """Every statistics table for a tidy run table, keyed by its file stem (see TABLE_NAMES)."""
     auc_runs = run_auc(runs, metric)
-    auc = auc_summary(auc_runs, runs)
+    complete_table = completeness(runs)
+    auc = auc_summary(auc_runs, complete_table)
     rank_table = ranks(auc)
     return {
         "curves": curve_stats(runs, metric),
@@ -567,7 +575,7 @@ def compute_tables(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, pd
         "tests": paired_tests(auc_runs),
         "savings": label_savings(runs, metric),
         "costs": cost_summary(runs),
-        "completeness": completeness(runs),
+        "completeness": complete_table,
     }
 
 
