@@ -45,12 +45,28 @@ class ProbeConfig:
                 raise ValueError(f"ProbeConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
+def keep_mask(
+    shape: tuple[int, ...], rate: float, generator: torch.Generator, device: torch.device
+) -> Tensor:
+    """Boolean dropout mask, True with probability ``1 − rate`` (resolved to 1/65536).
+
+    Draws 16-bit uniform integers four per 64-bit random word: ~4× less generator work than one
+    float per entry, which dominates dropout passes on the CPU.
+    """
+    count = math.prod(shape)
+    words = torch.randint(
+        -(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, generator=generator,
+        device=device,
+    )  # fmt: skip
+    uniform16 = words.view(torch.int16)[:count].view(shape)
+    return uniform16 >= round(rate * 65536) - 32768
+
+
 def _dropout(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Inverted dropout on float32 ``x`` with masks drawn from ``generator``."""
     if p == 0.0:
         return x
-    keep = torch.rand(x.shape, generator=generator, device=x.device) >= p
-    return x * keep / (1.0 - p)
+    return x * keep_mask(x.shape, p, generator, x.device) / (1.0 - p)
 
 
 class Probe(nn.Module):
@@ -104,9 +120,8 @@ class Probe(nn.Module):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         if generator is None or rate == 0.0:
             return torch.addmm(bias, x, weight.T)
-        # One buffer: uniform draws → keep mask (0/1) → masked input; 1/(1−p) folded into alpha.
-        masked = torch.rand(x.shape, generator=generator, device=x.device).ge_(rate).mul_(x)
-        return torch.addmm(bias, masked, weight.T, alpha=1.0 / (1.0 - rate))
+        masked = x * keep_mask(x.shape, rate, generator, x.device)
+        return torch.addmm(bias, masked, weight.T, alpha=1.0 / (1.0 - rate))  # 1/(1−p) in alpha
 
     @torch.no_grad()
     def map_chunks(

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alfm.probe import Probe, ProbeConfig, train_probe
+from alfm.probe import Probe, ProbeConfig, keep_mask, train_probe
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -80,9 +80,19 @@ def test_dropout_logits(trained):
 def test_dropout_pass_is_inverted_dropout_of_the_input(trained):
     probe, _, _ = trained
     x = torch.randn(30, 16, generator=gen(6))
-    keep = torch.rand(30, 16, generator=gen(2)) >= 0.75
+    keep = keep_mask((30, 16), 0.75, gen(2), torch.device("cpu"))
     expected = probe.logits(x * keep / 0.25)
     assert torch.allclose(probe.dropout_logits(x, gen(2)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.75, 0.9])
+def test_keep_mask_rate(rate):
+    mask = keep_mask((1000, 1001), rate, gen(3), torch.device("cpu"))
+    assert mask.shape == (1000, 1001) and mask.dtype == torch.bool
+    assert abs(mask.float().mean().item() - (1 - rate)) < 3e-3
+    assert torch.equal(mask, keep_mask((1000, 1001), rate, gen(3), torch.device("cpu")))
+    if rate == 0.0:
+        assert mask.all()
 
 
 def test_early_stopping_and_best_epoch():

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from alfm.kernels import outer_sq_distances
-from alfm.probe import Probe, ProbeConfig, train_probe
+from alfm.probe import Probe, ProbeConfig, keep_mask, train_probe
 from alfm.strategies import QueryContext, create_strategy, query
 from alfm.strategies.bald import mutual_information
 from alfm.strategies.dropquery import DropQuery
@@ -202,7 +202,8 @@ def test_dropquery_mismatch_counts_by_hand():
     # Row type A predicts class 1; when its only non-zero input is dropped all logits tie and
     # argmax gives class 0: a mismatch. Row type B predicts class 0 either way: never.
     g = gen(9)
-    dropped = torch.stack([torch.rand(20, 4, generator=g) < 0.75 for _ in range(5)])
+    cpu = torch.device("cpu")
+    dropped = torch.stack([~keep_mask((20, 4), 0.75, g, cpu) for _ in range(5)])
     assert counts[0::2].tolist() == dropped[:, 0::2, 1].sum(dim=0).tolist()
     assert (counts[1::2] == 0).all()
     assert (DropQuery(dropout=0.0).mismatches(ctx, gen()) == 0).all()
