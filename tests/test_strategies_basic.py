@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor
@@ -290,6 +291,11 @@ def test_bad_budget(budget):
 def test_bad_labeled_indices(labeled, match):
     with pytest.raises(ValueError, match=match):
         query(create_strategy("random"), ctx_for(torch.randn(10, 3), labeled=labeled), 2, gen())
+
+
+def test_numpy_integer_budget_is_accepted():
+    picks = query(create_strategy("random"), ctx_for(torch.randn(10, 3)), np.int64(3), gen())
+    assert picks.numel() == 3
 
 
 def test_labels_must_match_labeled():

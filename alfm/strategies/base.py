@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import difflib
 import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -179,8 +180,9 @@ def query(strategy: Strategy, ctx: QueryContext, budget: int, generator: torch.G
     """Validate, run ``strategy.select`` and check its output: min(budget, |U|) distinct
     unlabeled indices, returned as int64 on the CPU. ``budget >= |U|`` returns all of U.
     """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1:
+    if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 1:
         raise ValueError(f"budget must be an integer >= 1, got {budget!r}")
+    budget = int(budget)
     validate_context(ctx)
     if strategy.requires_probe and ctx.probe is None:
         raise ValueError(f"strategy {strategy.name!r} needs a trained probe (ctx.probe is None)")
