@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 from tqdm.auto import tqdm
@@ -67,10 +68,9 @@ TABLE_NAMES = (
 )
 
 
-def _run_metadata(path: Path) -> dict:
+def _run_metadata(table: pa.Table) -> dict:
     """The run config stored as JSON under the ``alfm`` key of the Parquet schema metadata."""
-    meta = pq.read_schema(path).metadata or {}
-    raw = meta.get(b"alfm")
+    raw = (table.schema.metadata or {}).get(b"alfm")
     return json.loads(raw) if raw else {}
 
 
@@ -102,21 +102,26 @@ def _strategy_params(meta: dict) -> str:
 
 
 def _read_run(path: Path) -> pd.DataFrame:
+    """One run file (or a combined table) with its config's expected evaluations, label, params
+    and the file name as columns."""
     if not path.exists():
         raise FileNotFoundError(f"run result {path} does not exist")
-    frame = pd.read_parquet(path)
-    missing = [c for c in RUN_COLUMNS if c not in frame.columns]
+    table = pq.read_table(path)
+    missing = [c for c in RUN_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"run result {path} lacks columns {missing}")
-    if "expected_rounds" in frame.columns:  # an already combined table (combine_runs)
-        return frame
-    meta = _run_metadata(path)
-    frame = frame.copy()
-    frame["expected_rounds"] = _expected_evaluations(meta)
-    frame["label"] = _run_label(meta)
-    frame["params"] = _strategy_params(meta)
-    frame["source"] = str(path)
-    return frame
+    if "expected_rounds" not in table.column_names:  # not an already combined table
+        meta = _run_metadata(table)
+        n = table.num_rows
+        columns = {
+            "expected_rounds": pa.array([_expected_evaluations(meta)] * n, pa.float64()),
+            "label": pa.array([_run_label(meta)] * n, pa.string()),
+            "params": pa.array([_strategy_params(meta)] * n, pa.string()),
+            "source": pa.array([str(path)] * n, pa.string()),
+        }
+        for name, column in columns.items():
+            table = table.append_column(name, column)
+    return table.to_pandas()
 
 
 def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -149,12 +154,12 @@ def _drop_prefix_files(runs: pd.DataFrame) -> pd.DataFrame:
     ``upto{round}`` files): same run, its rounds a prefix of the longest file's, same metrics."""
     if "source" not in runs.columns or runs["source"].isna().all():
         return runs
-    keep = []
-    for _, run in runs.groupby(list(RUN_KEYS), sort=False):
+    several = runs.groupby(list(RUN_KEYS))["source"].transform("nunique") > 1
+    if not several.any():
+        return runs
+    keep = [runs[~several]]
+    for _, run in runs[several].groupby(list(RUN_KEYS), sort=False):
         sources = run.groupby("source", sort=False)
-        if sources.ngroups == 1:
-            keep.append(run)
-            continue
         longest = run[run["source"] == sources.size().idxmax()].set_index("round")
         others = run[run["source"] != longest["source"].iloc[0]].set_index("round")
         shared = others.index.isin(longest.index)
