@@ -567,6 +567,8 @@ def completeness(runs: pd.DataFrame) -> pd.DataFrame:
 
 def compute_tables(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, pd.DataFrame]:
     """Every statistics table for a tidy run table, keyed by its file stem (see TABLE_NAMES)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
     auc_runs = run_auc(runs, metric)
     complete_table = completeness(runs)
     auc = auc_summary(auc_runs, complete_table)

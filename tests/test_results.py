@@ -293,6 +293,8 @@ def test_cli_aggregate_and_combined_round_trip(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(again, results.load_runs(paths))
     with pytest.raises(FileNotFoundError, match="without runs.parquet"):
         results.load_inputs([tmp_path])
+    with pytest.raises(ValueError, match="unknown metric 'acc'; known metrics: accuracy"):
+        results.compute_tables(again, metric="acc")
 
 
 def test_baseline_paired_by_init_and_ambiguity_warned(tmp_path: Path) -> None:
