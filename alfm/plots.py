@@ -26,6 +26,7 @@ from alfm.results import (  # noqa: E402
     combine_runs,
     compute_tables,
     load_runs,
+    paired_tests,
     write_tables,
 )
 
@@ -318,8 +319,6 @@ def _finish(fig: Figure, incomplete: bool, note: str, top: float = 1.0) -> None:
 
 def make_figures(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, Figure]:
     """Every paper figure for a tidy run table (:func:`alfm.results.load_runs`), keyed by name."""
-    from alfm.results import paired_tests
-
     tables = compute_tables(runs, metric)
     completeness = tables["completeness"].set_index(["model", "dataset", "arm"])["complete"]
     costs = tables["costs"].join(completeness, on=["model", "dataset", "arm"])
