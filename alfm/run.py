@@ -24,8 +24,8 @@ import math
 import os
 import platform
 import resource
-import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -605,9 +605,8 @@ def _restore_probe(state: dict[str, torch.Tensor] | None, dropout: float, device
 def _atomic(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    # A fresh name created by the writer itself, so the file gets the usual umask permissions.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield tmp
         os.replace(tmp, path)
