@@ -140,7 +140,8 @@ def create_strategy(name: str, **params: Any) -> Strategy:
 
 
 def _check_finite(features: Tensor) -> None:
-    chunk = auto_chunk(features.shape[1], features.device, 1)
+    # isfinite builds float and bool temporaries: budget ~16 bytes per entry.
+    chunk = auto_chunk(features.shape[1], features.device, 16)
     for start in range(0, features.shape[0], chunk):
         finite = torch.isfinite(features[start : start + chunk]).all(dim=1)
         if not finite.all():
