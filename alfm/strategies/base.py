@@ -228,17 +228,22 @@ def random_fill(chosen: Tensor, pool: Tensor, budget: int, generator: torch.Gene
 
 
 def cluster_representatives(
-    features: Tensor, candidates: Tensor | None, k: int, generator: torch.Generator
+    features: Tensor,
+    candidates: Tensor | None,
+    k: int,
+    generator: torch.Generator,
+    overwrite: bool = False,
 ) -> Tensor:
     """k-means (k-means++ seeds) on L2-normalized ``features[candidates]`` (all rows when
     ``candidates`` is None); the candidate nearest each centroid. Returns up to ``k`` distinct
     candidates (fewer only when clusters collapse), as row indices when ``candidates`` is None.
+    ``overwrite`` lets it normalize a float32 scratch ``features`` in place (saves a copy).
     """
     if candidates is None:
-        x = l2_normalize(features)
+        x = l2_normalize(features, inplace=overwrite and features.dtype == torch.float32)
     else:
         rows = features[candidates.to(features.device)]  # a fresh copy: normalize it in place
-        x = l2_normalize(rows, inplace=True) if rows.dtype == torch.float32 else l2_normalize(rows)
+        x = l2_normalize(rows, inplace=rows.dtype == torch.float32)
     centroids, assignment = kmeans(x, k, generator)
     picks = nearest_to_centroids(x, centroids, assignment)
     return picks if candidates is None else candidates[picks.to(candidates.device)]

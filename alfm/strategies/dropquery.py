@@ -74,5 +74,5 @@ class DropQuery(Strategy):
         if candidates.numel() < budget:
             return random_fill(candidates, unlabeled, budget, generator)
         z = ctx.probe.embed(ctx.features, rows=candidates)
-        chosen = candidates[cluster_representatives(z, None, budget, generator)]
+        chosen = candidates[cluster_representatives(z, None, budget, generator, overwrite=True)]
         return random_fill(chosen, candidates, budget, generator)
