@@ -306,7 +306,11 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
         elif sk_reason and name in SHARED:
             row.note = sk_reason
         out.append(row)
-        print(f"  {name:12s} N={n:>8d} {row.seconds:8.3f} s  ×{row.ratio:.2f}", file=sys.stderr)
+        sk_text = f"  skactiveml {row.sk_seconds:.3f} s" if row.sk_seconds is not None else ""
+        print(
+            f"  {name:12s} N={n:>8d} {row.seconds:8.3f} s  ×{row.ratio:.2f}{sk_text} {row.note}",
+            file=sys.stderr,
+        )
 
 
 SHARED = {
