@@ -654,10 +654,12 @@ def _verdict(part: pd.DataFrame, alpha: float = 0.05) -> str:
         return ", ".join(f"{r.arm} ({r.mean_diff:+.3f})" for r in rows.itertuples()) or "none"
 
     significant = tested["p_value"] < alpha
+    untested = part[part["test"] == "none"].sort_values("mean_diff", ascending=False)
     return (
         f"Above random (p < {alpha}): {names(tested[significant & (tested['mean_diff'] > 0)])}. "
         f"Below random: {names(tested[significant & (tested['mean_diff'] < 0)])}. "
         f"No significant difference: {names(tested[~significant])}."
+        + (f" Not tested (fewer than 2 paired seeds): {names(untested)}." if len(untested) else "")
     )
 
 

@@ -137,6 +137,8 @@ def test_wilcoxon_with_six_seeds_equals_scipy_and_exact_value(tmp_path: Path) ->
     assert row["test"] == "wilcoxon" and row["n_pairs"] == 6
     assert row["p_value"] == pytest.approx(expected.pvalue)
     assert row["p_value"] == pytest.approx(2 / 2**6)  # exact: all six differences positive
+    summary = results.summary_markdown(results.compute_tables(runs))
+    assert "Above random (p < 0.05): dropquery (+0.035). Below random: none." in summary
 
 
 def test_q_values_are_benjamini_hochberg_per_pair(tmp_path: Path) -> None:
@@ -158,8 +160,11 @@ def test_q_values_are_benjamini_hochberg_per_pair(tmp_path: Path) -> None:
 
 
 def test_paired_test_needs_two_pairs(tmp_path: Path) -> None:
-    row = results.paired_tests(results.run_auc(_paired_runs(tmp_path, [0.1]))).iloc[0]
+    runs = _paired_runs(tmp_path, [0.1])
+    row = results.paired_tests(results.run_auc(runs)).iloc[0]
     assert row["test"] == "none" and math.isnan(row["p_value"])
+    summary = results.summary_markdown(results.compute_tables(runs))
+    assert "Not tested (fewer than 2 paired seeds): dropquery (+0.100)." in summary
 
 
 def test_label_savings_including_never_reaches(tmp_path: Path) -> None:
