@@ -52,7 +52,7 @@ def write_jpegs(root: Path, count: int, size: int = 224, classes: int = 10) -> N
     grid = np.linspace(0, 1, size, dtype=np.float32)
     for i in tqdm(range(count), desc="write jpegs", unit="img"):
         split = "test" if i % 5 == 4 else "train"
-        folder = root / split / f"c{i % classes}"
+        folder = root / split / f"c{(i // 5) % classes}"
         folder.mkdir(parents=True, exist_ok=True)
         freq = rng.uniform(1, 8, size=(3, 2))
         phase = rng.uniform(0, 6.3, size=3)
