@@ -33,6 +33,7 @@ from alfm.results import (  # noqa: E402
 FIGURE_NAMES = ("learning_curves", "auc_heatmap", "query_time", "dropquery_summary")
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
 PAGE_WIDTH = 7.0
+LEGEND_ROW = 0.13  # inches per legend row at the legend font size
 STRATEGY_COLORS = {
     "random": "#000000",
     "dropquery": "#D55E00",
@@ -112,11 +113,12 @@ def plot_learning_curves(curves: pd.DataFrame, metric: str = "accuracy") -> Figu
     arm; arms with incomplete data dashed and starred."""
     pairs = _pairs(curves)
     rows, cols, width = _panels(len(pairs))
+    order = _arm_order(curves)
+    legend_rows = int(np.ceil(len(order) / _legend_columns(width)))
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(
-            rows, cols, figsize=(width, 2.3 * rows + 0.5), squeeze=False, sharey=False
+            rows, cols, figsize=(width, 2.3 * rows + 0.5 + LEGEND_ROW * legend_rows), squeeze=False
         )
-        order = _arm_order(curves)
         incomplete_any = False
         by_arm = dict(iter(curves.sort_values("round").groupby(["model", "dataset", "arm"])))
         for ax, (model, dataset) in zip(axes.flat, pairs, strict=False):
@@ -303,10 +305,15 @@ def _shared_legend(fig: Figure, axes: Sequence) -> float:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             entries.setdefault(label, handle)
-    ncol = min(6, len(entries))
+    ncol = min(_legend_columns(fig.get_size_inches()[0]), len(entries))
     fig.legend(list(entries.values()), list(entries), loc="upper center", ncol=ncol, frameon=False)
     rows = int(np.ceil(len(entries) / ncol))
-    return 1 - (0.13 * rows + 0.05) / fig.get_size_inches()[1]
+    return 1 - (LEGEND_ROW * rows + 0.05) / fig.get_size_inches()[1]
+
+
+def _legend_columns(width: float) -> int:
+    """Legend columns that fit a figure ``width`` inches wide (about 1.15 in per entry)."""
+    return max(1, int(width / 1.15))
 
 
 def _finish(fig: Figure, incomplete: bool, note: str, top: float = 1.0) -> None:
