@@ -12,10 +12,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 DAEMONS = ("slurmd", "slurmctld", "munged")
+# Job steps (srun inside a job) run with SLURM_* variables removed by Snakemake's jobstep
+# executor, so they read the compiled-in default path: the test links its config there.
+SYSTEM_CONF = Path("/etc/slurm/slurm.conf")
 
 
 def slurm_available() -> bool:
@@ -44,7 +48,9 @@ class SlurmCluster:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.conf = self.root / "slurm.conf"
-        self.munge_socket = self.root / "munge" / "munge.socket"
+        # user munge must reach its folder, and pytest's tmp_path parents are private to root
+        self.munge_dir = Path(tempfile.mkdtemp(prefix="alfm-munge-"))
+        self.munge_socket = self.munge_dir / "munge.socket"
 
     @property
     def env(self) -> dict[str, str]:
@@ -52,7 +58,7 @@ class SlurmCluster:
         return {**os.environ, "SLURM_CONF": str(self.conf)}
 
     def pid_file(self, daemon: str) -> Path:
-        folder = self.munge_socket.parent if daemon == "munged" else self.root
+        folder = self.munge_dir if daemon == "munged" else self.root
         return folder / f"{daemon}.pid"
 
     def write_config(self) -> None:
@@ -94,8 +100,12 @@ class SlurmCluster:
         if os.geteuid() != 0:
             raise RuntimeError("starting slurmd needs root")
         self.write_config()
-        munge_dir = self.munge_socket.parent
-        munge_dir.mkdir(parents=True, exist_ok=True)
+        if SYSTEM_CONF.exists() or SYSTEM_CONF.is_symlink():
+            raise RuntimeError(f"{SYSTEM_CONF} exists; this test needs its own SLURM config there")
+        SYSTEM_CONF.parent.mkdir(parents=True, exist_ok=True)
+        SYSTEM_CONF.symlink_to(self.conf)
+        munge_dir = self.munge_dir
+        munge_dir.chmod(0o755)  # munged wants its socket folder reachable by all
         shutil.chown(munge_dir, user="munge")
         subprocess.run(
             [
@@ -142,7 +152,13 @@ class SlurmCluster:
             except ProcessLookupError:
                 continue
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-                if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            while time.monotonic() < deadline:
+                try:
+                    if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+                        break
+                except FileNotFoundError:
                     break
                 time.sleep(0.1)
+        shutil.rmtree(self.munge_dir, ignore_errors=True)
+        if SYSTEM_CONF.is_symlink() and SYSTEM_CONF.resolve() == self.conf.resolve():
+            SYSTEM_CONF.unlink()

@@ -8,6 +8,7 @@ expects the (model, dataset) store, so no extraction is needed (tests/test_slurm
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -197,8 +198,8 @@ def test_paper_grid_dry_run_without_data(tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout + result.stderr
     # 9 models x 7 datasets extractions, x 12 strategies x 5 seeds runs (one job each).
-    assert "extract_features" in out and "63" in out
-    assert "3780" in out
+    assert re.search(r"extract_features\s+63\b", out), out[-3000:]
+    assert re.search(r"active_learning\s+3780\b", out), out[-3000:]
     print(f"paper grid dry run: {seconds:.1f} s")
 
 
@@ -222,9 +223,9 @@ def test_small_grid_end_to_end_and_rerun_does_nothing(finished_grid):
 
 @pytest.mark.slow
 def test_kill_mid_grid_then_rerun_equals_uninterrupted(finished_grid, tmp_path):
-    make_grid(tmp_path, rounds_per_job=1)
+    make_grid(tmp_path, rounds_per_job=2)
     files = run_files(tmp_path)
-    first_jobs = [p.with_name("upto1.parquet") for p in files.values()]
+    first_jobs = [p.with_name("upto2.parquet") for p in files.values()]
     proc = subprocess.Popen(
         snakemake_command(tmp_path, "--cores", "1", "runs"),
         cwd=REPO,
@@ -255,7 +256,7 @@ def test_kill_mid_grid_then_rerun_equals_uninterrupted(finished_grid, tmp_path):
 def test_rounds_per_job_change_and_extension_reuse_finished_rounds(finished_grid, tmp_path):
     root = tmp_path / "grid"
     shutil.copytree(finished_grid, root, ignore=shutil.ignore_patterns(".snakemake"))
-    write_config(root, rounds_per_job=2, budget={"evaluations": 6})
+    write_config(root, rounds_per_job=3, budget={"evaluations": 6})
     snakemake(root, "--cores", "2", "runs")
     extended = read_results(root, evaluations=6)
     reference = read_results(finished_grid)
