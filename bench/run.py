@@ -7,6 +7,8 @@
         every strategy x seed on the default store (results/features/mobilenet_v2/animal_mnist.zarr,
         extracted first when missing), all runs in this process; per strategy mean ± std of the
         final accuracy and of the normalized area under the learning curve, and the wall time
+    python bench/run.py --summarize DIR
+        the same table from the complete runs under DIR (a grid's --out-dir, e.g. cut short)
 
 Both take --strategies (comma list; default the 12 query strategies), --threads (torch intra-op
 threads, default: torch's) and --device. Markdown tables go to stdout; --json FILE saves the rows.
@@ -15,6 +17,7 @@ threads, default: torch's) and --device. Markdown tables go to stdout; --json FI
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from alfm.results import normalized_auc
@@ -114,15 +118,8 @@ def bench_synthetic(args: argparse.Namespace) -> pd.DataFrame:
     return table.reset_index()
 
 
-def bench_grid(args: argparse.Namespace) -> pd.DataFrame:
-    store = Path(args.store)
-    if not store.exists() and store == DEFAULT_STORE:
-        subprocess.run([sys.executable, "-m", "alfm.cli", "extract"], check=True, cwd=REPO)
-    cfgs = configs(store, args.strategies, args.seeds, args.evaluations, args.device)
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        runs = run_grid(cfgs, args.out_dir or tmp)
-        wall = time.perf_counter() - start
+def grid_table(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(printable, numeric) per-strategy table: mean ± std over seeds of final accuracy and AUC."""
     per_run = runs.groupby(["strategy", "seed"], sort=False).agg(
         final=("accuracy", "last"),
         auc=("accuracy", normalized_auc),
@@ -153,6 +150,35 @@ def bench_grid(args: argparse.Namespace) -> pd.DataFrame:
         },
         index=table.index,
     )
+    return shown, table
+
+
+def summarize(folder: Path) -> pd.DataFrame:
+    """The grid table of the complete runs found under ``folder`` (e.g. a grid cut short)."""
+    runs = [pq.read_table(p) for p in sorted(folder.rglob("*.parquet"))]
+    complete = [t.to_pandas() for t in runs if json.loads(t.schema.metadata[b"alfm"])["complete"]]
+    frame = pd.concat(complete, ignore_index=True)
+    shown, table = grid_table(frame)
+    compute = frame[["train_seconds", "eval_seconds", "query_seconds"]].sum().sum()
+    print(
+        f"\n{len(complete)} complete runs of {len(runs)} under {folder}; train+evaluate+query "
+        f"seconds recorded in them {compute:.1f} s. Mean ± std over the seeds present; AUC = "
+        "trapezoid over the evaluation index / its span.\n"
+    )
+    print(shown.to_markdown())
+    return table.reset_index()
+
+
+def bench_grid(args: argparse.Namespace) -> pd.DataFrame:
+    store = Path(args.store)
+    if not store.exists() and store == DEFAULT_STORE:
+        subprocess.run([sys.executable, "-m", "alfm.cli", "extract"], check=True, cwd=REPO)
+    cfgs = configs(store, args.strategies, args.seeds, args.evaluations, args.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        runs = run_grid(cfgs, args.out_dir or tmp)
+        wall = time.perf_counter() - start
+    shown, table = grid_table(runs)
     compute = runs[["train_seconds", "eval_seconds", "query_seconds"]].sum().sum()
     print(
         f"\nGrid: {len(args.strategies)} strategies x {len(args.seeds)} seeds x "
@@ -171,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--synthetic", action="store_true", help="per-round time split")
     mode.add_argument("--grid", action="store_true", help="default grid in-process")
+    mode.add_argument("--summarize", metavar="DIR", help="table of the complete runs under DIR")
     parser.add_argument("--strategies", type=lambda s: s.split(","), default=list(STRATEGIES))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
@@ -189,7 +216,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.evaluations is None:
         args.evaluations = 3 if args.synthetic else 20
-    table = bench_synthetic(args) if args.synthetic else bench_grid(args)
+    if args.summarize:
+        table = summarize(Path(args.summarize))
+    else:
+        table = bench_synthetic(args) if args.synthetic else bench_grid(args)
     if args.json:
         Path(args.json).write_text(table.to_json(orient="records", indent=1))
     return 0
