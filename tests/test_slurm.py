@@ -58,8 +58,8 @@ def test_small_grid_on_slurm_equals_local_run(cluster, tmp_path):
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f"{result.stderr[-6000:]}\n{cluster.logs()}"
     log = result.stdout + result.stderr
-    assert "executor: slurm" in log.lower() or "slurm" in log.lower()
-    assert "Submitted group job" in log or "Submitted job" in log, log[-3000:]
+    # 4 runs, 2 per group job: exactly 2 SLURM submissions
+    assert log.count("has been submitted with SLURM jobid") == 2, log[-3000:]
 
     assert_same_results(read_results(remote), read_results(local))
     assert computed_rounds(remote) == {key: [1, 2, 3, 4] for key in read_results(local)}
