@@ -57,7 +57,9 @@ class CoverGraph:
         return self.cols.numel()
 
     @classmethod
-    def from_edges(cls, rows: Tensor, cols: Tensor, n: int, delta: float, purity: float):
+    def from_edges(
+        cls, rows: Tensor, cols: Tensor, n: int, delta: float, purity: float
+    ) -> CoverGraph:
         """Build both orientations from an edge list ``(rows, cols)`` over ``n`` points
         (:func:`~alfm.kernels.range_graph` already sorts it by row)."""
         index_dtype = torch.int32 if n < 2**31 else torch.int64
