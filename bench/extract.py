@@ -124,7 +124,11 @@ def store_run(model: str, dataset: str, root: Path | None, args, device, out: Pa
 
 
 class JpegBytes(TorchDataset):
-    """Raw file bytes (uint8 tensor), label and id of an image-folder split."""
+    """Raw file bytes, label and id of an image-folder split.
+
+    The bytes travel from the workers as numpy arrays (pickled by value): hundreds of small
+    tensors per batch would each be shared through a file descriptor, which runs out.
+    """
 
     def __init__(self, split) -> None:
         self.split = split
@@ -133,10 +137,8 @@ class JpegBytes(TorchDataset):
         return len(self.split)
 
     def __getitem__(self, index: int):
-        from torchvision.io import read_file
-
         return (
-            read_file(str(self.split.paths[index])),
+            np.fromfile(self.split.paths[index], dtype=np.uint8),
             self.split.labels[index],
             self.split.ids[index],
         )
@@ -179,7 +181,7 @@ def gpu_decode_run(model: str, root: Path, args, device: torch.device, out: Path
                 feats, labels, ids = [], [], []
                 while sum(len(i) for i in ids) < rows.stop - rows.start:
                     raw, label, sample_id = next(batches)
-                    decoded = decode_jpeg(list(raw), device=device)
+                    decoded = decode_jpeg([torch.from_numpy(r) for r in raw], device=device)
                     images = torch.stack([backbone.transform(image) for image in decoded])
                     feats.append(embed_batch(net, images, device))
                     labels.append(np.asarray(label))
