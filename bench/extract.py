@@ -258,10 +258,10 @@ def main() -> None:
             if device.type != "cuda" or not args.jpegs:
                 parser.error("--gpu-decode needs a CUDA device and --jpegs N")
             rows.append(gpu_decode_run(args.model, root, args, device, tmp_path / "g.zarr"))
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for row in rows for k in row))
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |")
+        print("| " + " | ".join(str(row.get(k, "")) for k in keys) + " |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 
