@@ -8,10 +8,21 @@ schedule starts with the shorter one).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 SCHEDULES = ("linear", "doubling")
+
+
+def check_known_keys(data: Mapping[str, Any], cls: type, what: str) -> None:
+    """Raise a ValueError naming ``data``'s keys that are not fields of the dataclass ``cls``."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {what} key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        )
 
 
 @dataclass(frozen=True)
@@ -49,13 +60,7 @@ class BudgetConfig:
         """Build from a mapping with the field names as keys; unknown keys are an error."""
         if not isinstance(data, dict):
             raise ValueError(f"budget must be a mapping, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown budget key(s) {', '.join(unknown)}; "
-                f"known keys: {', '.join(sorted(known))}"
-            )
+        check_known_keys(data, cls, "budget")
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

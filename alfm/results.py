@@ -32,23 +32,10 @@ import pyarrow.parquet as pq
 from scipy import stats
 from tqdm.auto import tqdm
 
-METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "auroc")
-RUN_COLUMNS = (
-    "round",
-    "num_labeled",
-    *METRICS,
-    "classes_seen",
-    "train_seconds",
-    "eval_seconds",
-    "query_seconds",
-    "peak_host_mb",
-    "peak_device_mb",
-    "model",
-    "dataset",
-    "strategy",
-    "init",
-    "seed",
-)
+from alfm.records import METRIC_COLUMNS, RECORD_COLUMNS
+
+METRICS = METRIC_COLUMNS
+RUN_COLUMNS = RECORD_COLUMNS
 ID_COLUMNS = ("model", "dataset", "arm", "strategy", "init", "params")
 RUN_KEYS = ("model", "dataset", "arm", "seed")
 BASELINE = "random"

@@ -47,27 +47,11 @@ from sklearn.metrics import (
 from tqdm.auto import tqdm
 
 import alfm
-from alfm.budget import BudgetConfig, checked_schedule
+from alfm.budget import BudgetConfig, check_known_keys, checked_schedule
+from alfm.records import RECORD_COLUMNS
 from alfm.store import SplitData, open_store
 
 DEVICES = ("auto", "cpu", "cuda")
-METRIC_COLUMNS = ("accuracy", "macro_f1", "balanced_accuracy", "auroc")
-RECORD_COLUMNS = (
-    "round",
-    "num_labeled",
-    *METRIC_COLUMNS,
-    "classes_seen",
-    "train_seconds",
-    "eval_seconds",
-    "query_seconds",
-    "peak_host_mb",
-    "peak_device_mb",
-    "model",
-    "dataset",
-    "strategy",
-    "init",
-    "seed",
-)
 CHECKPOINT_FORMAT = 1
 # Config keys that may change between invocations of the same run: where the store lives, the
 # device and the display label (``budget.evaluations`` may change too: a longer run extends).
@@ -126,13 +110,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a mapping (``budget`` nested); unknown or missing keys are errors."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown run config key(s) {', '.join(unknown)}; known keys: "
-                f"{', '.join(sorted(known))}"
-            )
+        check_known_keys(data, cls, "run config")
         missing = [k for k in ("features", "strategy", "seed") if data.get(k) is None]
         if missing:
             raise ValueError(f"run config is missing {', '.join(missing)}")
