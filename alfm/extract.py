@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from alfm.backbones import Backbone, ImageTransform, create_backbone
 from alfm.datasets import BadImageError, create_dataset
+from alfm.devices import resolve_device
 from alfm.store import DEFAULT_CHUNK_ROWS, SPLITS, StoreWriter
 
 DEFAULT_BATCH_SIZE = 128
@@ -33,13 +34,6 @@ def default_store_path(model: str, dataset: str, base: str | Path = "results/fea
         return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
     return Path(base) / safe(model) / f"{safe(dataset)}.zarr"
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def default_workers() -> int:

@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 
 import alfm
 from alfm.budget import BudgetConfig, check_known_keys, checked_schedule
+from alfm.devices import resolve_device
 from alfm.records import RECORD_COLUMNS
 from alfm.store import SplitData, open_store
 
@@ -152,15 +153,6 @@ def round_generator(seed: int, round_number: int, purpose: str, device: str) -> 
     return generator
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
-    return device
-
-
 def evaluate(proba: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Accuracy, macro F1, balanced accuracy and weighted one-vs-rest AUROC (scikit-learn).
 
@@ -209,7 +201,7 @@ def run_active_learning(
     target = evaluations if stop_round is None else stop_round
     if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= evaluations:
         raise ValueError(f"stop_round must be an integer in 1..{evaluations}, got {stop_round!r}")
-    device = resolve_device(config.device)
+    device = resolve_device(config.device).type
 
     store = open_store(config.features)
     attrs = store.attrs

@@ -32,13 +32,13 @@ from tqdm.auto import tqdm
 
 from alfm.backbones import create_backbone
 from alfm.datasets import create_dataset
+from alfm.devices import resolve_device
 from alfm.extract import (
     ChunkBatches,
     default_workers,
     embed_batch,
     extract_features,
     prepare_model,
-    resolve_device,
 )
 from alfm.store import SPLITS, StoreWriter
 
