@@ -166,51 +166,111 @@ def _update_min(x: Tensor, x_sq: Tensor, idx: Tensor, mind: Tensor, fresh: bool 
     mind[idx] = -1.0
 
 
-def _d2_sample(
+#: Signature of a squared-distance oracle for :func:`d2_sampling`: ``(rows, centers) -> (r, m)``
+#: squared distances between the points ``rows`` (a slice or an index tensor) and ``centers``.
+SqDistances = Callable[[slice | Tensor, Tensor], Tensor]
+
+#: New centers :func:`d2_sampling` accepts before folding them into the full distance vector.
+D2_BATCH = 64
+
+
+def d2_sampling(
     n: int,
     k: int,
-    dist_to: Callable[[int | Tensor], Tensor],
+    sq_dist: SqDistances,
     generator: torch.Generator,
     device: torch.device,
-    first: int | None,
-    desc: str,
-    work: float,
+    *,
+    first: int | None = None,
     mask: Tensor | None = None,
+    batch: int = D2_BATCH,
+    desc: str = "k-means++",
+    work: float = 0.0,
 ) -> Tensor:
-    """k-means++ D² sampling of ``k`` distinct indices; ``dist_to(i)`` gives (N,) sq distances.
+    """k-means++ D² sampling of ``k`` distinct indices out of ``n`` points (pick order).
 
-    Only rows where ``mask`` is True (default: all) are eligible.
+    Every pick after the first is drawn with probability proportional to its squared distance to
+    the nearest earlier pick, exactly as in plain k-means++, but without one pass over all points
+    per pick: candidates are drawn from the distances as of the last full pass (the proposal) and
+    accepted with probability current / proposal distance (rejection sampling, exact because the
+    current distances never exceed the proposal's), where only the candidates' distances to the
+    picks made since that pass are computed. A full pass folds in up to ``batch`` new picks at
+    once (one matrix product), so ``k`` picks cost about ``k / batch`` passes.
+
+    Only rows where ``mask`` is True (default: all) are eligible; ``first`` defaults to a uniform
+    eligible row. Once every remaining eligible point duplicates a pick, picks are uniform.
     """
-    eligible = n if mask is None else int(mask.sum())
-    if not 1 <= k <= eligible:
-        raise ValueError(f"k={k} must be in [1, {eligible}] (eligible points)")
+    eligible = (
+        torch.ones(n, dtype=torch.bool, device=device)
+        if mask is None
+        else mask.to(device=device, dtype=torch.bool).clone()
+    )
+    available = int(eligible.sum())
+    if not 1 <= k <= available:
+        raise ValueError(f"k={k} must be in [1, {available}] (eligible points)")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     gen = device_generator(generator, device)
-    picks = torch.empty(k, dtype=torch.int64, device=device)
-    taken = torch.zeros(n, dtype=torch.bool, device=device) if mask is None else ~mask
+
+    def uniform_eligible() -> int:
+        free = eligible.nonzero().squeeze(1)
+        return int(free[torch.randint(free.numel(), (1,), generator=gen, device=device)])
+
     if first is None:
-        free = (~taken).nonzero().squeeze(1)
-        first = int(free[torch.randint(free.numel(), (1,), generator=gen, device=device)])
-    elif taken[first]:
+        first = uniform_eligible()
+    elif not 0 <= first < n or not eligible[first]:
         raise ValueError(f"first={first} is not an eligible row")
-    picks[0] = first
-    mind = dist_to(first)
-    taken[first] = True
-    mind[taken] = 0.0
+    picks, pending = [first], [first]
+    eligible[first] = False
+    mind = torch.full((n,), math.inf, dtype=torch.float32, device=device)
     with _progress(k, work, desc) as bar:
         bar.update()
-        for i in range(1, k):
+        while len(picks) < k:
+            _fold_min(mind, sq_dist, torch.tensor(pending, device=device))
+            pending = []
+            mind.masked_fill_(~eligible, 0.0)
             total = mind.sum()
-            if total > 0 and torch.isfinite(total):
-                nxt = torch.multinomial(mind, 1, generator=gen)
-            else:  # every remaining point duplicates a center: uniform over the untaken
-                free = (~taken).nonzero().squeeze(1)
-                nxt = free[torch.randint(free.numel(), (1,), generator=gen, device=device)]
-            picks[i] = nxt
-            taken[nxt] = True
-            torch.minimum(mind, dist_to(nxt), out=mind)
-            mind[taken] = 0.0
-            bar.update()
-    return picks
+            if not (total > 0 and torch.isfinite(total)):  # all left duplicate a pick
+                new = [uniform_eligible()]
+            else:
+                new = _accept_candidates(mind, sq_dist, gen, min(batch, k - len(picks)))
+            for pick in new:
+                eligible[pick] = False
+            picks += new
+            pending += new
+            bar.update(len(new))
+    return torch.tensor(picks, dtype=torch.int64, device=device)
+
+
+def _fold_min(mind: Tensor, sq_dist: SqDistances, centers: Tensor) -> None:
+    """Lower ``mind`` to each point's squared distance to its nearest row of ``centers``."""
+    n = mind.shape[0]
+    chunk = auto_chunk(centers.numel(), mind.device)
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        torch.minimum(mind[rows], sq_dist(rows, centers).amin(dim=1), out=mind[rows])
+
+
+def _accept_candidates(
+    proposal: Tensor, sq_dist: SqDistances, gen: torch.Generator, limit: int
+) -> list[int]:
+    """Up to ``limit`` D² picks by rejection from ``proposal`` (stops at the first run of
+    ``4 · limit`` candidates); see :func:`d2_sampling`."""
+    draws = torch.multinomial(proposal, 4 * limit, replacement=True, generator=gen)
+    current = proposal[draws]
+    thresholds = torch.rand(draws.numel(), generator=gen, device=draws.device).mul_(current)
+    draw_list, threshold_list, current_list = draws.tolist(), thresholds.tolist(), current.tolist()
+    accepted: list[int] = []
+    for j, candidate in enumerate(draw_list):
+        if current_list[j] > threshold_list[j]:
+            accepted.append(candidate)
+            if len(accepted) == limit:
+                break
+            center = draws[j : j + 1]
+            torch.minimum(current, sq_dist(draws, center)[:, 0], out=current)
+            current.masked_fill_(draws == candidate, 0.0)
+            current_list = current.tolist()
+    return accepted
 
 
 def kmeans_plusplus(
@@ -221,11 +281,11 @@ def kmeans_plusplus(
     x = _f32(x)
     x_sq = _sq_norms(x)
 
-    def dist_to(i: int | Tensor) -> Tensor:
-        return torch.mv(x, x[i].reshape(-1)).mul_(-2.0).add_(x_sq).add_(x_sq[i]).clamp_min_(0.0)
+    def sq_dist(rows: slice | Tensor, centers: Tensor) -> Tensor:
+        return _block(x[rows], x_sq[rows], x[centers], x_sq[centers])
 
     n, d = x.shape
-    return _d2_sample(n, k, dist_to, generator, x.device, first, "k-means++", k * n * d)
+    return d2_sampling(n, k, sq_dist, generator, x.device, first=first, work=k * n * d)
 
 
 def outer_sq_distances(a: Tensor, b: Tensor, i: int | Tensor) -> Tensor:
@@ -234,14 +294,18 @@ def outer_sq_distances(a: Tensor, b: Tensor, i: int | Tensor) -> Tensor:
     Uses ``‖a⊗b − c⊗d‖² = ‖a‖²‖b‖² − 2(a·c)(b·d) + ‖c‖²‖d‖²``.
     """
     a, b = _f32(a), _f32(b)
-    norms = _sq_norms(a) * _sq_norms(b)
-    return _outer_dist(a, b, norms, i)
+    centers = torch.as_tensor(i, device=a.device).reshape(1)
+    return _outer_sq_distances(a, b, _sq_norms(a) * _sq_norms(b))(slice(None), centers)[:, 0]
 
 
-def _outer_dist(a: Tensor, b: Tensor, norms: Tensor, i: int | Tensor) -> Tensor:
-    ai, bi = a[i].reshape(-1), b[i].reshape(-1)
-    cross = torch.mv(a, ai).mul_(torch.mv(b, bi))
-    return cross.mul_(-2.0).add_(norms).add_(norms[i]).clamp_min_(0.0)
+def _outer_sq_distances(a: Tensor, b: Tensor, norms: Tensor) -> SqDistances:
+    """Squared-distance oracle between implicit rows ``a_j ⊗ b_j`` (``norms`` = their ‖·‖²)."""
+
+    def sq_dist(rows: slice | Tensor, centers: Tensor) -> Tensor:
+        cross = (a[rows] @ a[centers].T).mul_(b[rows] @ b[centers].T)
+        return cross.mul_(-2.0).add_(norms[rows].unsqueeze(1)).add_(norms[centers]).clamp_min_(0)
+
+    return sq_dist
 
 
 def kmeans_plusplus_outer(
@@ -269,11 +333,10 @@ def kmeans_plusplus_outer(
         first = int(torch.argmax(norms if mask is None else norms.masked_fill(~mask, -1.0)))
     n = a.shape[0]
     work = k * n * (a.shape[1] + b.shape[1])
-
-    def dist_to(i: int | Tensor) -> Tensor:
-        return _outer_dist(a, b, norms, i)
-
-    return _d2_sample(n, k, dist_to, generator, a.device, first, "BADGE", work, mask)
+    sq_dist = _outer_sq_distances(a, b, norms)
+    return d2_sampling(
+        n, k, sq_dist, generator, a.device, first=first, mask=mask, desc="BADGE", work=work
+    )
 
 
 def _feature_variance(x: Tensor, chunk: int) -> Tensor:
@@ -385,10 +448,52 @@ def knn(
     return dist, idx
 
 
-def range_graph(x: Tensor, delta: float, chunk_size: int | None = None) -> tuple[Tensor, Tensor]:
+def _square_block(device: torch.device) -> int:
+    """Side of a square float32 distance block within :data:`CHUNK_BYTES`."""
+    return max(1, math.isqrt(CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"]) // 4))
+
+
+def _upper_blocks(n: int, block: int) -> list[tuple[slice, slice]]:
+    """Square blocks ``(rows, cols)`` covering the upper triangle (diagonal included) of n × n."""
+    starts = range(0, n, block)
+    return [
+        (slice(i, min(n, i + block)), slice(j, min(n, j + block)))
+        for i in starts
+        for j in starts
+        if j >= i
+    ]
+
+
+def nearest_other_label_sq_distances(x: Tensor, labels: Tensor, block: int | None = None) -> Tensor:
+    """Per row: squared distance to the nearest row with a different label (inf if none).
+
+    One pass over the upper triangle of the distance matrix in square blocks: each block serves
+    its rows and, by symmetry, its columns, so the pass costs N²D/2 multiply-adds.
+    """
+    _check_2d(x, "x")
+    x = _f32(x)
+    n = x.shape[0]
+    labels = labels.to(x.device)
+    x_sq = _sq_norms(x)
+    out = torch.full((n,), math.inf, dtype=torch.float32, device=x.device)
+    blocks = _upper_blocks(n, block or _square_block(x.device))
+    with _progress(len(blocks), n * n * x.shape[1] / 2, "purity") as bar:
+        for rows, cols in blocks:
+            d = _block(x[rows], x_sq[rows], x[cols], x_sq[cols])
+            d.masked_fill_(labels[rows].unsqueeze(1) == labels[cols].unsqueeze(0), math.inf)
+            torch.minimum(out[rows], d.amin(dim=1), out=out[rows])
+            if rows != cols:
+                torch.minimum(out[cols], d.amin(dim=0), out=out[cols])
+            bar.update()
+    return out
+
+
+def range_graph(x: Tensor, delta: float, block: int | None = None) -> tuple[Tensor, Tensor]:
     """All pairs ``(i, j)`` with ``‖x_i − x_j‖ < delta``, self-loops always included.
 
-    Returns ``(rows, cols)`` int64, sorted by row then column. Built in chunks of rows.
+    Returns ``(rows, cols)`` int64, sorted by row then column; the graph is exactly symmetric.
+    One pass over the upper triangle of the distance matrix in square blocks (N²D/2
+    multiply-adds); each pair is decided once and mirrored.
     """
     _check_2d(x, "x")
     if not delta >= 0:
@@ -396,18 +501,20 @@ def range_graph(x: Tensor, delta: float, chunk_size: int | None = None) -> tuple
     x = _f32(x)
     n = x.shape[0]
     x_sq = _sq_norms(x)
-    chunk = chunk_size or auto_chunk(n, x.device)
-    rows, cols = [], []
     delta_sq = float(delta) ** 2
-    with _progress(n, n * n * x.shape[1], "range graph") as bar:
-        for start in range(0, n, chunk):
-            xc = x[start : start + chunk]
-            limit = (delta_sq - x_sq[start : start + chunk]).unsqueeze(1)
-            mask = _partial_block(xc, x, x_sq) < limit
-            local = torch.arange(mask.shape[0], device=x.device)
-            mask[local, local + start] = True
-            r, c = mask.nonzero(as_tuple=True)
-            rows.append(r + start)
-            cols.append(c)
-            bar.update(mask.shape[0])
-    return torch.cat(rows), torch.cat(cols)
+    rows_out, cols_out = [torch.arange(n, device=x.device)], [torch.arange(n, device=x.device)]
+    blocks = _upper_blocks(n, block or _square_block(x.device))
+    with _progress(len(blocks), n * n * x.shape[1] / 2, "range graph") as bar:
+        for rows, cols in blocks:
+            limit = (delta_sq - x_sq[rows]).unsqueeze(1)
+            close = _partial_block(x[rows], x[cols], x_sq[cols]) < limit
+            if rows == cols:  # strictly above the diagonal; self-loops are added once above
+                close.triu_(diagonal=1)
+            r, c = close.nonzero(as_tuple=True)
+            r, c = r + rows.start, c + cols.start
+            rows_out += [r, c]
+            cols_out += [c, r]
+            bar.update()
+    r, c = torch.cat(rows_out), torch.cat(cols_out)
+    order = torch.argsort(r * n + c)
+    return r[order], c[order]

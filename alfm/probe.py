@@ -45,28 +45,62 @@ class ProbeConfig:
                 raise ValueError(f"ProbeConfig.{name} must be >= 0, got {getattr(self, name)}")
 
 
+def _mask_bits(rate: float) -> int:
+    """Random bits per mask entry: the fewest (1, 2, 4 or 8) that represent ``rate`` exactly."""
+    for bits in (1, 2, 4, 8):
+        if (rate * 2**bits).is_integer():
+            return bits
+    return 16
+
+
+def dropout_scale(
+    shape: tuple[int, ...], rate: float, generator: torch.Generator, device: torch.device
+) -> Tensor:
+    """Inverted-dropout multipliers, float32: 0 with probability ``rate``, else 1 / (1 − rate).
+
+    Each entry compares a few random bits with a threshold: exact for rates that are multiples
+    of 1/256 (the default 0.75 takes 2 bits, 32 entries per 64-bit random word), otherwise
+    resolved to 1/65536. Fields of up to 8 bits are expanded through a 256-row lookup table, one
+    gather per byte. One float draw per entry would cost ~20× more generator work, and a boolean
+    mask an extra slow type promotion: both dominated dropout passes on the CPU.
+    """
+    count = math.prod(shape)
+    bits = _mask_bits(rate)
+    per_word = 64 // bits
+    words = torch.randint(
+        -(2**63), 2**63 - 1, (-(-count // per_word),), dtype=torch.int64, generator=generator,
+        device=device,
+    )  # fmt: skip
+    threshold, scale = round(rate * 2**bits), 1.0 / (1.0 - rate)
+    if bits == 16:
+        keep = words.view(torch.int16) >= threshold - 2**15
+        scales = keep.float().mul_(scale)
+    else:
+        byte_values = torch.arange(256, device=device).unsqueeze(1)
+        fields = (byte_values >> torch.arange(0, 8, bits, device=device)) & (2**bits - 1)
+        table = (fields >= threshold).float().mul_(scale)  # (256, 8 // bits)
+        scales = table.index_select(0, words.view(torch.uint8).int())
+    return scales.view(-1)[:count].view(shape)
+
+
 def keep_mask(
     shape: tuple[int, ...], rate: float, generator: torch.Generator, device: torch.device
 ) -> Tensor:
-    """Boolean dropout mask, True with probability ``1 − rate`` (resolved to 1/65536).
-
-    Draws 16-bit uniform integers four per 64-bit random word: ~4× less generator work than one
-    float per entry, which dominates dropout passes on the CPU.
-    """
-    count = math.prod(shape)
-    words = torch.randint(
-        -(2**63), 2**63 - 1, ((count + 3) // 4,), dtype=torch.int64, generator=generator,
-        device=device,
-    )  # fmt: skip
-    uniform16 = words.view(torch.int16)[:count].view(shape)
-    return uniform16 >= round(rate * 65536) - 32768
+    """Boolean dropout mask, True with probability ``1 − rate``: the nonzero entries of
+    :func:`dropout_scale` (same generator draws)."""
+    return dropout_scale(shape, rate, generator, device) > 0
 
 
 def _dropout(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
     """Inverted dropout on float32 ``x`` with masks drawn from ``generator``."""
     if p == 0.0:
         return x
-    return x * keep_mask(x.shape, p, generator, x.device) / (1.0 - p)
+    return x * dropout_scale(x.shape, p, generator, x.device)
+
+
+#: Bytes of one float32 row chunk in :meth:`Probe.map_chunks` on the CPU: small enough that a
+#: chunk, its dropout multipliers and the masked copy stay in cache for the matrix product.
+CPU_CACHE_BYTES = 8 * 2**20
 
 
 class Probe(nn.Module):
@@ -120,8 +154,7 @@ class Probe(nn.Module):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         if generator is None or rate == 0.0:
             return torch.addmm(bias, x, weight.T)
-        masked = x * keep_mask(x.shape, rate, generator, x.device)
-        return torch.addmm(bias, masked, weight.T, alpha=1.0 / (1.0 - rate))  # 1/(1−p) in alpha
+        return torch.addmm(bias, x * dropout_scale(x.shape, rate, generator, x.device), weight.T)
 
     @torch.no_grad()
     def map_chunks(
@@ -133,7 +166,10 @@ class Probe(nn.Module):
         Lets strategies reduce per chunk (e.g. logits → score) so no (N, C) array is ever held.
         """
         n = x.shape[0] if rows is None else rows.numel()
-        chunk = auto_chunk(max(x.shape[1], self.num_classes), x.device, 16)
+        width = max(x.shape[1], self.num_classes)
+        chunk = auto_chunk(width, x.device, 16)
+        if x.device.type == "cpu":  # cache-sized chunks: ~1.5× faster dropout passes
+            chunk = min(chunk, max(1, CPU_CACHE_BYTES // (4 * width)))
         out: Tensor | None = None
         for start in range(0, n, chunk):
             part = slice(start, start + chunk) if rows is None else rows[start : start + chunk]

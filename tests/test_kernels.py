@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -91,6 +92,31 @@ def test_kmeans_plusplus_distinct_and_deterministic():
         K.kmeans_plusplus(x, 11, gen())
 
 
+@pytest.mark.parametrize("batch", [1, 64])
+def test_d2_sampling_is_exact_k_means_plus_plus(batch):
+    """Picks 2 and 3 (the third by rejection from a stale proposal when batch > 1) follow the
+    D² law: P(j, l) = d²(j) / Σd² · min(d²(l), (x_l − x_j)²) / Σ min(…)."""
+    x = torch.tensor([[0.0], [1.0], [3.0], [6.0], [10.0], [15.0]])
+    x_sq = x.square().sum(1)
+
+    def sq_dist(rows, centers):
+        return (x[rows] - x[centers].T).square()
+
+    expected = torch.zeros(6, 6, dtype=torch.float64)
+    d2 = x_sq.double()
+    for j in range(1, 6):
+        after = torch.minimum(d2, (x[:, 0] - x[j, 0]).double().square())
+        expected[j] = d2[j] / d2.sum() * after / after.sum()
+    trials = 4000
+    counts = torch.zeros(6, 6, dtype=torch.float64)
+    for seed in range(trials):
+        picks = K.d2_sampling(6, 3, sq_dist, gen(seed), torch.device("cpu"), first=0, batch=batch)
+        counts[picks[1], picks[2]] += 1
+    freq = counts / trials
+    tolerance = 4 * (expected * (1 - expected) / trials).sqrt() + 1e-3
+    assert ((freq - expected).abs() <= tolerance).all(), (freq, expected)
+
+
 def test_kmeans_recovers_separated_blobs():
     g = gen(5)
     blobs = torch.cat([torch.randn(50, 4, generator=g) + 20 * i for i in range(3)])
@@ -137,16 +163,32 @@ def test_knn_matches_brute_force(points, chunk):
         K.knn(points, 257)
 
 
-@pytest.mark.parametrize("chunk", [None, 3])
+@pytest.mark.parametrize("chunk", [None, 3, 100])
 def test_range_graph_matches_brute_force(points, chunk):
     x = K.l2_normalize(points)
-    rows, cols = K.range_graph(x, 0.9, chunk_size=chunk)
+    rows, cols = K.range_graph(x, 0.9, block=chunk)
     full = torch.cdist(x, x) < 0.9
     full.fill_diagonal_(True)
     ref_r, ref_c = full.nonzero(as_tuple=True)
     assert torch.equal(rows, ref_r) and torch.equal(cols, ref_c)
     r0, c0 = K.range_graph(x, 0.0)
     assert torch.equal(r0, torch.arange(257)) and torch.equal(c0, torch.arange(257))
+
+
+def test_nearest_other_label_sq_distances_hand_case():
+    x = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
+    out = K.nearest_other_label_sq_distances(x, torch.tensor([0, 0, 1, 1]))
+    assert out.tolist() == [9.0, 4.0, 4.0, 9.0]
+    assert K.nearest_other_label_sq_distances(x, torch.zeros(4, dtype=torch.int64)).isinf().all()
+
+
+@pytest.mark.parametrize("block", [None, 3, 64])
+def test_nearest_other_label_matches_brute_force(points, block):
+    labels = torch.randint(4, (points.shape[0],), generator=gen(12))
+    out = K.nearest_other_label_sq_distances(points, labels, block=block)
+    full = torch.cdist(points, points).square()
+    full[labels.unsqueeze(1) == labels.unsqueeze(0)] = math.inf
+    assert torch.allclose(out, full.amin(dim=1), rtol=1e-4, atol=1e-3)
 
 
 def test_outer_distances_equal_materialized():

@@ -95,6 +95,18 @@ def test_keep_mask_rate(rate):
         assert mask.all()
 
 
+@pytest.mark.parametrize("rate", [0.75, 0.5, 0.3])
+def test_keep_mask_entries_are_independent(rate):
+    """Entries packed into one random byte or word are neither correlated nor position-biased."""
+    flat = keep_mask((1_000_000,), rate, gen(4), torch.device("cpu")).float()
+    keep = 1 - rate
+    for position in range(8):  # entries sharing a byte sit at positions mod 4 (2-bit fields)
+        assert abs(flat[position::8].mean().item() - keep) < 5e-3
+    for lag in (1, 2, 3, 4, 5, 32):
+        both = (flat[:-lag] * flat[lag:]).mean().item()
+        assert abs(both - keep**2) < 3e-3
+
+
 def test_early_stopping_and_best_epoch():
     x, y = blobs(80)
     # min_delta so large that only the first epoch counts as an improvement: 1 + patience epochs.

@@ -16,7 +16,6 @@ from alfm.strategies.probcover import (
     build_cover_graph,
     choose_delta,
     max_coverage,
-    other_label_sq_distances,
 )
 from alfm.strategies.typiclust import Typiclust, cluster_visit_order, most_typical
 
@@ -245,13 +244,6 @@ def test_probcover_coverage_of_labeled_set_hand_case():
     # then 6; then everything is covered
     chosen = max_coverage(graph, torch.tensor([3]), 3, gen(0))
     assert chosen.tolist() == [0, 4, 6]
-
-
-def test_other_label_sq_distances_hand_case():
-    x = torch.tensor([[0.0], [1.0], [3.0], [4.0]])
-    out = other_label_sq_distances(x, torch.tensor([0, 0, 1, 1]))
-    assert out.tolist() == [9.0, 4.0, 4.0, 9.0]
-    assert other_label_sq_distances(x, torch.zeros(4, dtype=torch.int64)).isinf().all()
 
 
 def test_choose_delta_keeps_the_largest_tested_delta_that_is_pure_enough():

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from alfm.kernels import outer_sq_distances
+from alfm.kernels import d2_sampling, outer_sq_distances
 from alfm.probe import Probe, ProbeConfig, keep_mask, train_probe
 from alfm.strategies import QueryContext, create_strategy, query
 from alfm.strategies.bald import mutual_information
@@ -138,16 +138,13 @@ def test_badge_equals_materialized_kmeans_plusplus():
     assert torch.allclose(
         outer_sq_distances(a, z, first), (g - g[first]).square().sum(1), atol=1e-4
     )
-    ref, generator = [first], gen(7)
-    mind = (g - g[first]).square().sum(dim=1)
-    taken[first] = True
-    for _ in range(5):
-        mind[taken] = 0
-        nxt = int(torch.multinomial(mind, 1, generator=generator))
-        ref.append(nxt)
-        taken[nxt] = True
-        mind = torch.minimum(mind, (g - g[nxt]).square().sum(dim=1))
-    assert picks.tolist() == ref
+
+    def materialized(rows, centers):  # the same sampler on the materialized embeddings
+        return torch.cdist(g[rows], g[centers]).square()
+
+    mask = ~taken
+    ref = d2_sampling(150, 6, materialized, gen(7), torch.device("cpu"), first=first, mask=mask)
+    assert picks.tolist() == ref.tolist()
 
 
 def test_random_is_uniform_over_unlabeled():

@@ -7,9 +7,10 @@ included); the points covered by L are dropped, then B times the point covering 
 points is taken and its ball marked covered.
 
 Differences from the reference, all deliberate:
-- Purity of every δ comes from one chunked pass that finds, for each point, the distance to its
-  nearest point with another pseudo-label (a ball of radius δ is pure iff that distance ≥ δ), so
-  the bisection costs nothing beyond that pass and one graph build.
+- Purity of every δ comes from one pass that finds, for each point, the distance to its nearest
+  point with another pseudo-label (a ball of radius δ is pure iff that distance ≥ δ), so the
+  bisection costs nothing beyond that pass and one graph build; both passes visit only the upper
+  triangle of the distance matrix (symmetry), N²D/2 multiply-adds each.
 - FIX: the graph is the one of the δ actually chosen — the largest tested δ that met the purity
   target (the smallest tested δ if none did) — where the reference kept the last tested graph and
   reported the next midpoint.
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from alfm.kernels import kmeans, l2_normalize, min_sq_distances, range_graph
+from alfm.kernels import kmeans, l2_normalize, nearest_other_label_sq_distances, range_graph
 from alfm.strategies.base import QueryContext, Strategy, random_fill, register_strategy
 
 
@@ -87,26 +88,6 @@ def _gather(ptr: Tensor, values: Tensor, nodes: Tensor) -> Tensor:
     return values[torch.arange(total, device=ptr.device) + offsets].long()
 
 
-def other_label_sq_distances(x: Tensor, labels: Tensor) -> Tensor:
-    """Per point: squared distance to the nearest point with a different label (inf if none)."""
-    order = torch.argsort(labels, stable=True)
-    xs = x[order]
-    counts = torch.bincount(labels).tolist()
-    out = torch.full((x.shape[0],), float("inf"), device=x.device)
-    start = 0
-    for count in counts:
-        end = start + count
-        if count:
-            for lo, hi in ((0, start), (end, x.shape[0])):
-                if hi > lo:
-                    d, _ = min_sq_distances(xs[lo:hi], xs[start:end])
-                    torch.minimum(out[lo:hi], d, out=out[lo:hi])
-        start = end
-    result = torch.empty_like(out)
-    result[order] = out
-    return result
-
-
 def choose_delta(other_sq: Tensor, purity: float = 0.95, steps: int = 6) -> tuple[float, float]:
     """Bisection on [0, 1] as in the reference; returns the largest tested δ whose ball purity is
     at least ``purity`` (the smallest tested δ when none is), and that δ's purity."""
@@ -138,7 +119,9 @@ def build_cover_graph(
     if delta is None:
         k = min(num_classes, x.shape[0])
         _, pseudo = kmeans(x, k, generator, n_iter=kmeans_iters)
-        delta, achieved = choose_delta(other_label_sq_distances(x, pseudo), purity, delta_steps)
+        delta, achieved = choose_delta(
+            nearest_other_label_sq_distances(x, pseudo), purity, delta_steps
+        )
     else:
         achieved = float("nan")
     rows, cols = range_graph(x, delta)
