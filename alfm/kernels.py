@@ -118,11 +118,28 @@ def _progress(total: int, work: float, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, leave=False, disable=work < _PROGRESS_WORK)
 
 
-def kcenter_greedy(x: Tensor, labeled: Tensor, budget: int, generator: torch.Generator) -> Tensor:
+#: Farthest points :func:`kcenter_greedy` keeps as candidates between two full passes.
+KCENTER_CANDIDATES = 64
+
+
+def kcenter_greedy(
+    x: Tensor,
+    labeled: Tensor,
+    budget: int,
+    generator: torch.Generator,
+    candidates: int = KCENTER_CANDIDATES,
+) -> Tensor:
     """Greedy k-center: ``budget`` indices (in pick order) each farthest from all centers so far.
 
     Starts from the min distance of every point to ``labeled`` (chunked); with no labeled points
     the first center is drawn uniformly with ``generator``. Never picks a labeled point twice.
+
+    The picks are those of the plain one-pass-per-pick greedy (up to floating-point rounding,
+    ties to the lowest index), found with fewer passes: after a full pass, the farthest
+    ``candidates`` points and their distances to one another are kept; the next pick is the
+    candidate farthest from all centers as long as that distance beats the largest distance
+    outside the candidates (which picks can only lower), so one full pass (a matrix product
+    over the new centers) serves a run of picks.
     """
     _check_2d(x, "x")
     x = _f32(x)
@@ -131,39 +148,55 @@ def kcenter_greedy(x: Tensor, labeled: Tensor, budget: int, generator: torch.Gen
     available = n - labeled.numel()
     if not 0 <= budget <= available:
         raise ValueError(f"budget {budget} must be in [0, {available}] (unlabeled points)")
+    if candidates < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
     x_sq = _sq_norms(x)
-    picks = torch.empty(budget, dtype=torch.int64, device=x.device)
+    picks: list[int] = []
     if budget == 0:
-        return picks
+        return torch.empty(0, dtype=torch.int64, device=x.device)
     if labeled.numel():
-        mind, _ = min_sq_distances(x, x[labeled])
-        mind[labeled] = -1.0
-        first = 0
+        centers = labeled
     else:
-        mind = torch.full((n,), -1.0, device=x.device)
-        picks[0] = int(torch.randint(n, (1,), generator=generator, device=generator.device))
-        first = 1
-        _update_min(x, x_sq, picks[0], mind, fresh=True)
+        picks.append(int(torch.randint(n, (1,), generator=generator, device=generator.device)))
+        centers = torch.tensor(picks, device=x.device)
+    mind = torch.full((n,), math.inf, device=x.device)
     with _progress(budget, budget * n * x.shape[1], "k-center") as bar:
-        bar.update(first)
-        for i in range(first, budget):
-            picks[i] = torch.argmax(mind)
-            _update_min(x, x_sq, picks[i], mind)
-            bar.update()
+        bar.update(len(picks))
+        while len(picks) < budget:
+            mind = torch.minimum(mind, min_sq_distances(x, x[centers])[0], out=mind)
+            mind[centers] = -1.0
+            new = _farthest_run(x, x_sq, mind, min(candidates, budget - len(picks)))
+            picks += new
+            centers = torch.tensor(new, device=x.device)
+            bar.update(len(new))
+    return torch.tensor(picks, dtype=torch.int64, device=x.device)
+
+
+def _farthest_run(x: Tensor, x_sq: Tensor, mind: Tensor, limit: int) -> list[int]:
+    """Up to ``limit`` consecutive greedy k-center picks from the current distances ``mind``
+    (taken points at -1), using only the farthest points' distances to one another."""
+    first = int(torch.argmax(mind))  # the plain rule: the farthest point, lowest index on ties
+    if limit == 1 or mind.numel() < 3:
+        return [first]
+    top_values, top_idx = torch.topk(mind, min(limit + 2, mind.numel()))
+    # Everything outside the candidates is at most the smallest value topk returned.
+    bound = float(top_values[-1])
+    keep = top_idx[:-1][top_idx[:-1] != first]
+    rows = torch.cat([torch.tensor([first], device=x.device), keep])
+    within = _block(x[rows], x_sq[rows], x[rows], x_sq[rows])[:, 1:].tolist()
+    values = mind[keep].tolist()
+    ids = keep.tolist()
+    picks = [first]
+    values = [min(v, within[0][j]) for j, v in enumerate(values)]
+    while len(picks) < limit:
+        best = max(range(len(ids)), key=lambda j: (values[j], -ids[j]), default=None)
+        if best is None or not values[best] > bound:
+            break
+        picks.append(ids[best])
+        column = within[best + 1]
+        values = [min(v, column[j]) for j, v in enumerate(values)]
+        values[best] = -1.0
     return picks
-
-
-def _update_min(x: Tensor, x_sq: Tensor, idx: Tensor, mind: Tensor, fresh: bool = False) -> None:
-    """Lower ``mind`` by the squared distances to ``x[idx]``; mark ``idx`` as taken (-1)."""
-    c = x[idx]
-    d = torch.mv(x, c).mul_(-2.0).add_(x_sq).add_(x_sq[idx]).clamp_min_(0.0)
-    if fresh:
-        mind.copy_(d)
-    else:
-        taken = mind < 0
-        torch.minimum(mind, d, out=mind)
-        mind[taken] = -1.0
-    mind[idx] = -1.0
 
 
 #: Signature of a squared-distance oracle for :func:`d2_sampling`: ``(rows, centers) -> (r, m)``

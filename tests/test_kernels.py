@@ -76,6 +76,26 @@ def test_kcenter_without_labeled_is_seeded_and_distinct():
         K.kcenter_greedy(x, torch.tensor([], dtype=torch.int64), 101, gen())
 
 
+@pytest.mark.parametrize("candidates", [1, 4, 64])
+@pytest.mark.parametrize("clustered", [False, True])
+def test_kcenter_equals_plain_greedy(candidates, clustered):
+    g = gen(13)
+    x = torch.randn(300, 6, generator=g)
+    if clustered:  # a few far blobs: long runs of picks between full passes
+        x = x + 25 * torch.randn(8, 6, generator=g)[torch.randint(8, (300,), generator=g)]
+    labeled = torch.tensor([3, 50, 77])
+    picks = K.kcenter_greedy(x, labeled, 60, gen(), candidates=candidates)
+    mind = torch.cdist(x, x[labeled]).square().amin(dim=1)
+    mind[labeled] = -1
+    ref = []
+    for _ in range(60):
+        nxt = int(torch.argmax(mind))
+        ref.append(nxt)
+        mind = torch.minimum(mind, torch.cdist(x, x[nxt : nxt + 1]).square()[:, 0])
+        mind[ref] = -1
+    assert picks.tolist() == ref
+
+
 def test_kcenter_with_duplicates_never_repeats():
     x = torch.zeros(10, 3)
     picks = K.kcenter_greedy(x, torch.tensor([2, 5]), 8, gen())
