@@ -59,9 +59,9 @@ def dropout_scale(
 
     Each entry compares a few random bits with a threshold: exact for rates that are multiples
     of 1/256 (the default 0.75 takes 2 bits, 32 entries per 64-bit random word), otherwise
-    resolved to 1/65536. Fields of up to 8 bits are expanded through a 256-row lookup table, one
-    gather per byte. One float draw per entry would cost ~20× more generator work, and a boolean
-    mask an extra slow type promotion: both dominated dropout passes on the CPU.
+    resolved to 1/65536. On the CPU, fields of up to 8 bits are expanded through a 256-row
+    lookup table, one gather per byte. One float draw per entry would cost ~20× more generator
+    work, and a boolean mask an extra slow type promotion: both dominated CPU dropout passes.
     """
     count = math.prod(shape)
     bits = _mask_bits(rate)
@@ -73,13 +73,20 @@ def dropout_scale(
     threshold, scale = round(rate * 2**bits), 1.0 / (1.0 - rate)
     if bits == 16:
         keep = words.view(torch.int16) >= threshold - 2**15
-        scales = keep.float().mul_(scale)
-    else:
-        byte_values = torch.arange(256, device=device).unsqueeze(1)
-        fields = (byte_values >> torch.arange(0, 8, bits, device=device)) & (2**bits - 1)
-        table = (fields >= threshold).float().mul_(scale)  # (256, 8 // bits)
+    elif device.type == "cuda":  # elementwise bit fields: faster there than a gather
+        keep = bit_fields(words.view(torch.uint8), bits) >= threshold
+    else:  # one gather per byte from a table of the multipliers of its fields
+        byte_values = torch.arange(256, dtype=torch.uint8, device=device)
+        table = (bit_fields(byte_values, bits) >= threshold).float().mul_(scale)
         scales = table.index_select(0, words.view(torch.uint8).int())
-    return scales.view(-1)[:count].view(shape)
+        return scales.view(-1)[:count].view(shape)
+    return keep.float().mul_(scale).view(-1)[:count].view(shape)
+
+
+def bit_fields(values: Tensor, bits: int) -> Tensor:
+    """``(n, 8 // bits)`` unsigned ``bits``-wide fields of uint8 ``values``, lowest bits first."""
+    shifts = torch.arange(0, 8, bits, dtype=torch.uint8, device=values.device)
+    return (values.unsqueeze(1) >> shifts) & (2**bits - 1)
 
 
 def keep_mask(

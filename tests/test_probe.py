@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alfm.probe import Probe, ProbeConfig, keep_mask, train_probe
+from alfm.probe import Probe, ProbeConfig, bit_fields, dropout_scale, keep_mask, train_probe
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -93,6 +93,20 @@ def test_keep_mask_rate(rate):
     assert torch.equal(mask, keep_mask((1000, 1001), rate, gen(3), torch.device("cpu")))
     if rate == 0.0:
         assert mask.all()
+
+
+@pytest.mark.parametrize("rate", [0.75, 0.5, 0.25 + 1 / 16, 0.3])
+def test_dropout_scale_table_equals_elementwise_fields(rate):
+    """The CPU lookup table and the elementwise bit fields (the CUDA path) agree entry by entry."""
+    scales = dropout_scale((123, 45), rate, gen(5), torch.device("cpu"))
+    bits = next((b for b in (1, 2, 4, 8) if (rate * 2**b).is_integer()), 16)
+    words = torch.randint(-(2**63), 2**63 - 1, (-(-123 * 45 // (64 // bits)),), generator=gen(5))
+    if bits == 16:
+        keep = words.view(torch.int16) >= round(rate * 2**16) - 2**15
+    else:
+        keep = bit_fields(words.view(torch.uint8), bits) >= round(rate * 2**bits)
+    expected = keep.float().view(-1)[: 123 * 45].view(123, 45) / (1 - rate)
+    assert torch.equal(scales, expected)
 
 
 @pytest.mark.parametrize("rate", [0.75, 0.5, 0.3])

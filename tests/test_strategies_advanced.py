@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from alfm.kernels import CHUNK_BYTES
 from alfm.strategies.alfamix import AlfaMix, class_anchors, prediction_flips
 from alfm.strategies.base import QueryContext
 from alfm.strategies.probcover import (
@@ -17,7 +18,12 @@ from alfm.strategies.probcover import (
     choose_delta,
     max_coverage,
 )
-from alfm.strategies.typiclust import Typiclust, cluster_visit_order, most_typical
+from alfm.strategies.typiclust import (
+    Typiclust,
+    cluster_visit_order,
+    most_typical,
+    most_typical_per_pool,
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -159,6 +165,24 @@ def test_most_typical_hand_case():
     points = torch.tensor([[0.0], [1.0], [2.0], [10.0]])
     assert most_typical(points) == 1
     assert most_typical(points[:1]) == 0
+
+
+def test_most_typical_per_pool_matches_one_pool_at_a_time(monkeypatch):
+    x = torch.randn(400, 7, generator=gen(21))
+    perm = torch.randperm(400, generator=gen(22))
+    sizes = [1, 2, 3, 9, 40, 41, 150, 154]
+    pools = list(torch.split(perm, sizes))
+    expected = []
+    for pool in pools:
+        d = torch.cdist(x[pool], x[pool]).square().fill_diagonal_(math.inf)
+        k = min(20, pool.numel() // 2)
+        spread = d.topk(k, dim=1, largest=False).values.mean(dim=1) if k else torch.zeros(1)
+        expected.append(int(pool[torch.argmin(spread)]))
+    # a small block budget splits the pools over several padded batches
+    monkeypatch.setitem(CHUNK_BYTES, "cpu", 4 * 150 * 150 * 3)
+    assert most_typical_per_pool(x, pools).tolist() == expected
+    with pytest.raises(ValueError, match="at least one point"):
+        most_typical_per_pool(x, [perm[:0]])
 
 
 def test_cluster_visit_order_fewest_labeled_then_largest():

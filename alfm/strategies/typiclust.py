@@ -13,21 +13,66 @@ rest is filled uniformly at random, so exactly ``min(B, |U|)`` points come back.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from alfm.kernels import kmeans, knn, l2_normalize
+from alfm.kernels import CHUNK_BYTES, kmeans, l2_normalize
 from alfm.strategies.base import QueryContext, Strategy, random_fill, register_strategy
 
 
 def most_typical(points: Tensor, knn_size: int = 20) -> int:
     """Row of ``points`` with the highest typicality among them (ties: the first row)."""
-    n = points.shape[0]
-    k = min(knn_size, n // 2)
-    if k < 1:  # a single point
-        return 0
-    dist, _ = knn(points, k)
-    return int(torch.argmin(dist.square().mean(dim=1)))
+    return int(most_typical_per_pool(points, [torch.arange(points.shape[0])], knn_size)[0])
+
+
+def most_typical_per_pool(x: Tensor, pools: list[Tensor], knn_size: int = 20) -> Tensor:
+    """For each pool (indices into ``x``), the member with the highest typicality within it:
+    ``1 / mean squared distance to its min(knn_size, n // 2) nearest other members`` (ties: the
+    first member; a single member is its own pick).
+
+    Pools are processed together in padded batches of similar size (one batched distance block
+    per batch, within :data:`~alfm.kernels.CHUNK_BYTES`), not one call per pool.
+    """
+    picks = torch.empty(len(pools), dtype=torch.int64, device=x.device)
+    sizes = torch.tensor([p.numel() for p in pools])
+    if sizes.numel() and int(sizes.min()) < 1:
+        raise ValueError("every pool needs at least one point")
+    order = torch.argsort(sizes, descending=True).tolist()
+    budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"]) // 4
+    start = 0
+    while start < len(order):
+        width = int(sizes[order[start]])
+        count = max(1, budget // max(1, width * max(width, x.shape[1])))
+        group = order[start : start + count]
+        picks[group] = _most_typical_padded(x, [pools[i] for i in group], width, knn_size)
+        start += count
+    return picks
+
+
+def _most_typical_padded(x: Tensor, pools: list[Tensor], width: int, knn_size: int) -> Tensor:
+    """:func:`most_typical_per_pool` for pools of at most ``width`` members, in one batch."""
+    device = x.device
+    index = torch.zeros(len(pools), width, dtype=torch.int64, device=device)
+    valid = torch.zeros(len(pools), width, dtype=torch.bool, device=device)
+    for row, pool in enumerate(pools):
+        index[row, : pool.numel()] = pool.to(device)
+        valid[row, : pool.numel()] = True
+    feats = x[index].float()  # (G, S, D)
+    sq = feats.square().sum(dim=2)
+    dist = torch.baddbmm(sq.unsqueeze(2), feats, feats.transpose(1, 2), alpha=-2.0)
+    dist.add_(sq.unsqueeze(1)).clamp_min_(0.0)
+    dist.masked_fill_(~valid.unsqueeze(1), math.inf)
+    dist.diagonal(dim1=1, dim2=2).fill_(math.inf)
+    counts = valid.sum(dim=1)
+    neighbours = torch.clamp(counts // 2, max=knn_size)  # k per pool (0 for a single member)
+    kmax = max(1, int(neighbours.max()))
+    nearest = torch.topk(dist, min(kmax, width), dim=2, largest=False).values
+    used = torch.arange(nearest.shape[2], device=device) < neighbours.view(-1, 1, 1)
+    spread = torch.where(used, nearest, 0.0).sum(dim=2) / neighbours.clamp_min(1).view(-1, 1)
+    spread.masked_fill_(~valid, math.inf)
+    return index.gather(1, torch.argmin(spread, dim=1, keepdim=True)).squeeze(1)
 
 
 def cluster_visit_order(assignment: Tensor, labeled: Tensor, k: int, min_size: int) -> list[int]:
@@ -78,17 +123,16 @@ class Typiclust(Strategy):
         members = {c: sorted_idx[(bounds[c - 1] if c else 0) : bounds[c]] for c in order}
 
         selected: list[int] = []
-        turn = 0
         while len(selected) < budget and order:
-            turn %= len(order)
-            cluster = members[order[turn]]
-            pool = cluster[available[cluster]]
-            if pool.numel() == 0:
-                del order[turn]  # dry: leave the rotation, the next cluster takes this turn
-                continue
-            pick = int(pool[most_typical(x[pool], self.knn)])
-            selected.append(pick)
-            available[pick] = False
-            turn += 1
+            # One sweep of the rotation: picks in one cluster never change another's pool, so
+            # every cluster's most typical point is found in one batched call.
+            pools = {c: members[c][available[members[c]]] for c in order}
+            order = [c for c in order if pools[c].numel()]  # dry clusters leave the rotation
+            sweep = order[: budget - len(selected)]
+            if not sweep:
+                break
+            picks = most_typical_per_pool(x, [pools[c] for c in sweep], self.knn)
+            selected += picks.tolist()
+            available[picks] = False
         chosen = torch.tensor(selected, dtype=torch.int64, device=x.device)
         return random_fill(chosen, ctx.unlabeled, budget, generator)
