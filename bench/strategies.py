@@ -367,7 +367,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sk-mem-gb", type=float, default=4.0, help="skip skactiveml above this")
     parser.add_argument("--sk-timeout", type=float, default=300, help="seconds per skactiveml call")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    parser.add_argument(
+        "--tf32", action="store_true", help="allow TF32 CUDA matmuls (default: full float32)"
+    )
     args = parser.parse_args(argv)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     names = [s for s in args.strategies.split(",") if s] or list_strategies()
@@ -381,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
     header = (
         f"# Strategy benchmark\n\nD = {args.dim}, C = {args.classes}, B = {args.budget}, "
         f"|L| = C, device {args.device} ({device_name or platform.machine()}), "
-        f"{args.threads} CPU threads, torch {torch.__version__}, Python "
+        f"{args.threads} CPU threads, {'TF32' if args.tf32 else 'float32'} matmuls, "
+        f"torch {torch.__version__}, Python "
         f"{platform.python_version()}, 1-min load average at the end "
         f"{os.getloadavg()[0]:.1f}. Peak memory is extra bytes over the resident pool, as a "
         f"multiple of the N×D float32 feature matrix."

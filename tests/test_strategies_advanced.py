@@ -181,6 +181,9 @@ def test_most_typical_per_pool_matches_one_pool_at_a_time(monkeypatch):
     # a small block budget splits the pools over several padded batches
     monkeypatch.setitem(CHUNK_BYTES, "cpu", 4 * 150 * 150 * 3)
     assert most_typical_per_pool(x, pools).tolist() == expected
+    # ... and the two largest exceed one block: they go through the chunked kNN
+    monkeypatch.setitem(CHUNK_BYTES, "cpu", 4 * 149 * 149)
+    assert most_typical_per_pool(x, pools).tolist() == expected
     with pytest.raises(ValueError, match="at least one point"):
         most_typical_per_pool(x, [perm[:0]])
 

@@ -17,8 +17,9 @@ import math
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
-from alfm.kernels import CHUNK_BYTES, kmeans, l2_normalize
+from alfm.kernels import CHUNK_BYTES, kmeans, knn, l2_normalize
 from alfm.strategies.base import QueryContext, Strategy, random_fill, register_strategy
 
 
@@ -33,7 +34,8 @@ def most_typical_per_pool(x: Tensor, pools: list[Tensor], knn_size: int = 20) ->
     first member; a single member is its own pick).
 
     Pools are processed together in padded batches of similar size (one batched distance block
-    per batch, within :data:`~alfm.kernels.CHUNK_BYTES`), not one call per pool.
+    per batch, within :data:`~alfm.kernels.CHUNK_BYTES`), not one call per pool; a pool whose
+    own distance block would exceed that goes through the chunked :func:`~alfm.kernels.knn`.
     """
     picks = torch.empty(len(pools), dtype=torch.int64, device=x.device)
     sizes = torch.tensor([p.numel() for p in pools])
@@ -42,6 +44,12 @@ def most_typical_per_pool(x: Tensor, pools: list[Tensor], knn_size: int = 20) ->
     order = torch.argsort(sizes, descending=True).tolist()
     budget = CHUNK_BYTES.get(x.device.type, CHUNK_BYTES["cuda"]) // 4
     start = 0
+    while start < len(order) and int(sizes[order[start]]) ** 2 > budget:  # too large to pad
+        pool = pools[order[start]]
+        k = min(knn_size, pool.numel() // 2)
+        spread = knn(x[pool], k)[0].square().mean(dim=1)  # chunked kNN
+        picks[order[start]] = pool[torch.argmin(spread)]
+        start += 1
     while start < len(order):
         width = int(sizes[order[start]])
         count = max(1, budget // max(1, width * max(width, x.shape[1])))
@@ -54,11 +62,9 @@ def most_typical_per_pool(x: Tensor, pools: list[Tensor], knn_size: int = 20) ->
 def _most_typical_padded(x: Tensor, pools: list[Tensor], width: int, knn_size: int) -> Tensor:
     """:func:`most_typical_per_pool` for pools of at most ``width`` members, in one batch."""
     device = x.device
-    index = torch.zeros(len(pools), width, dtype=torch.int64, device=device)
-    valid = torch.zeros(len(pools), width, dtype=torch.bool, device=device)
-    for row, pool in enumerate(pools):
-        index[row, : pool.numel()] = pool.to(device)
-        valid[row, : pool.numel()] = True
+    index = pad_sequence([p.to(device) for p in pools], batch_first=True)  # (G, S), 0-padded
+    lengths = torch.tensor([p.numel() for p in pools], device=device)
+    valid = torch.arange(width, device=device) < lengths.unsqueeze(1)
     feats = x[index].float()  # (G, S, D)
     sq = feats.square().sum(dim=2)
     dist = torch.baddbmm(sq.unsqueeze(2), feats, feats.transpose(1, 2), alpha=-2.0)
@@ -118,15 +124,15 @@ class Typiclust(Strategy):
 
         available = torch.ones(n, dtype=torch.bool, device=x.device)
         available[labeled] = False
-        sorted_idx = torch.argsort(assignment, stable=True)
-        bounds = torch.bincount(assignment, minlength=k).cumsum(0).tolist()
-        members = {c: sorted_idx[(bounds[c - 1] if c else 0) : bounds[c]] for c in order}
+        by_cluster = torch.argsort(assignment, stable=True)
 
         selected: list[int] = []
         while len(selected) < budget and order:
             # One sweep of the rotation: picks in one cluster never change another's pool, so
             # every cluster's most typical point is found in one batched call.
-            pools = {c: members[c][available[members[c]]] for c in order}
+            left = by_cluster[available[by_cluster]]  # unlabeled points, grouped by cluster
+            counts = torch.bincount(assignment[left], minlength=k).tolist()
+            pools = dict(enumerate(torch.split(left, counts)))
             order = [c for c in order if pools[c].numel()]  # dry clusters leave the rotation
             sweep = order[: budget - len(selected)]
             if not sweep:
