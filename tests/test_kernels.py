@@ -169,8 +169,24 @@ def test_nearest_to_centroids_and_argmin_per_group():
     assert K.argmin_per_group(values, groups).tolist() == [3, 1]
 
 
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_excludes_self_among_duplicates(backend, monkeypatch):
+    if backend == "faiss" and K._faiss() is None:
+        pytest.skip("faiss not installed")
+    monkeypatch.setattr(K, "USE_FAISS", backend == "faiss")
+    x = torch.zeros(10, 3)
+    dist, idx = K.knn(x, 3)
+    assert idx.shape == (10, 3) and (dist == 0).all()
+    assert (idx != torch.arange(10).unsqueeze(1)).all()
+    assert all(len(set(row)) == 3 for row in idx.tolist())
+
+
 @pytest.mark.parametrize("chunk", [None, 5])
-def test_knn_matches_brute_force(points, chunk):
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_knn_matches_brute_force(points, chunk, backend, monkeypatch):
+    if backend == "faiss" and K._faiss() is None:
+        pytest.skip("faiss not installed")
+    monkeypatch.setattr(K, "USE_FAISS", backend == "faiss")
     dist, idx = K.knn(points, 4, chunk_size=chunk)
     full = torch.cdist(points, points)
     full.fill_diagonal_(float("inf"))
