@@ -98,6 +98,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         help="probe settings as JSON, e.g. '{\"max_epochs\": 200}'",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA (faster)")
     parser.add_argument("--stop-round", type=int, help="advance the run only up to this round")
     parser.add_argument("--out", required=True, help="result Parquet file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -125,6 +126,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                 "budget": {key: getattr(args, key) for key in budget_keys},
                 "probe": args.probe,
                 "device": args.device,
+                "tf32": args.tf32,
             }
         )
         try:

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 import alfm
 from alfm.budget import BudgetConfig, check_known_keys, checked_schedule
-from alfm.devices import resolve_device
+from alfm.devices import allow_tf32, resolve_device
 from alfm.records import RECORD_COLUMNS
 from alfm.store import SplitData, open_store
 
@@ -68,8 +68,9 @@ class RunConfig:
     (default ``"random"``: the same seed and init give the same initial pool for every query
     strategy); ``seed``; ``budget`` (:class:`~alfm.budget.BudgetConfig`); ``probe``: overrides of
     :class:`~alfm.probe.ProbeConfig` fields; ``device``: ``auto`` (CUDA when available), ``cpu``
-    or ``cuda``; ``label``: optional display name of the strategy entry (results tables use it to
-    tell apart one strategy run with two parameter sets).
+    or ``cuda``; ``tf32``: CUDA float32 matmuls in TF32 (~2× faster BALD and Typiclust queries
+    at 1M points; part of the run's identity); ``label``: optional display name of the strategy
+    entry (results tables use it to tell apart one strategy run with two parameter sets).
     """
 
     features: str
@@ -81,6 +82,7 @@ class RunConfig:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     probe: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
+    tf32: bool = False
     label: str | None = None
 
     def __post_init__(self) -> None:
@@ -102,6 +104,8 @@ class RunConfig:
             raise ValueError(f"run config 'budget' must be a BudgetConfig, got {self.budget!r}")
         if self.label is not None and not isinstance(self.label, str):
             raise ValueError(f"run config 'label' must be a string, got {self.label!r}")
+        if not isinstance(self.tf32, bool):
+            raise ValueError(f"run config 'tf32' must be true or false, got {self.tf32!r}")
         if self.device not in DEVICES:
             raise ValueError(
                 f"run config 'device' must be one of {', '.join(DEVICES)}, got {self.device!r}"
@@ -249,7 +253,7 @@ def run_active_learning(
         unit="round",
         disable=not progress,
     )
-    with bar:
+    with bar, allow_tf32(config.tf32):
         for round_number in range(done + 1, target + 1):
             with _peak_memory(device) as peak:
                 if round_number == 1 and not state.added:

@@ -128,6 +128,7 @@ def test_config_round_trip_and_defaults(store: Path) -> None:
         ({"seed": None}, "missing seed"),
         ({"seed": -1}, "'seed' must be a non-negative integer"),
         ({"device": "tpu"}, "'device' must be one of auto, cpu, cuda"),
+        ({"tf32": "yes"}, "'tf32' must be true or false"),
         ({"probe": {"epochs": 3}}, "unknown probe key.*epochs"),
         ({"budget": {"schedule": "cubic"}}, "linear, doubling"),
         ({"budget": {"evaluations": 0}}, "budget.evaluations"),
@@ -221,6 +222,27 @@ def test_determinism(store: Path, tmp_path: Path) -> None:
     run(config(store, "margins"), tmp_path / "a.parquet")
     run(config(store, "margins"), tmp_path / "b.parquet")
     assert_same_run(tmp_path / "a.parquet", tmp_path / "b.parquet")
+
+
+def test_tf32_is_on_during_queries_only_when_asked(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import alfm.strategies
+
+    seen = []
+    real_query = alfm.strategies.query
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        seen.append(torch.backends.cuda.matmul.allow_tf32)
+        return real_query(*args, **kwargs)
+
+    monkeypatch.setattr(alfm.strategies, "query", spy)
+    before = torch.backends.cuda.matmul.allow_tf32
+    run({**config(store, evaluations=3), "tf32": True}, tmp_path / "on.parquet")
+    assert seen == [True] * 3 and torch.backends.cuda.matmul.allow_tf32 == before
+    seen.clear()
+    run(config(store, evaluations=3), tmp_path / "off.parquet")
+    assert seen == [False] * 3
 
 
 def test_same_seed_and_init_share_initial_pool(store: Path, tmp_path: Path) -> None:

@@ -178,6 +178,7 @@ def run_config(wildcards) -> dict:
         "budget": {**config["budget"], "evaluations": int(wildcards.round)},
         "probe": config["probe"],
         "device": config["device"],
+        "tf32": config["tf32"],
         "label": wildcards.strategy,
     }
 
