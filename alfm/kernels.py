@@ -585,5 +585,6 @@ def range_graph(x: Tensor, delta: float, block: int | None = None) -> tuple[Tens
             cols_out += [c, r]
             bar.update()
     r, c = torch.cat(rows_out), torch.cat(cols_out)
+    del rows_out, cols_out
     order = torch.argsort(r * n + c)
     return r[order], c[order]
