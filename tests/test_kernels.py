@@ -169,11 +169,16 @@ def test_nearest_to_centroids_and_argmin_per_group():
     assert K.argmin_per_group(values, groups).tolist() == [3, 1]
 
 
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_knn_excludes_self_among_duplicates(backend, monkeypatch):
-    if backend == "faiss" and K._faiss() is None:
+@pytest.fixture(params=["torch", "faiss"])
+def knn_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a kNN test on the torch path and, where faiss is installed, on the faiss path."""
+    if request.param == "faiss" and K._faiss() is None:
         pytest.skip("faiss not installed")
-    monkeypatch.setattr(K, "USE_FAISS", backend == "faiss")
+    monkeypatch.setattr(K, "USE_FAISS", request.param == "faiss")
+    return request.param
+
+
+def test_knn_excludes_self_among_duplicates(knn_backend):
     x = torch.zeros(10, 3)
     dist, idx = K.knn(x, 3)
     assert idx.shape == (10, 3) and (dist == 0).all()
@@ -182,11 +187,7 @@ def test_knn_excludes_self_among_duplicates(backend, monkeypatch):
 
 
 @pytest.mark.parametrize("chunk", [None, 5])
-@pytest.mark.parametrize("backend", ["torch", "faiss"])
-def test_knn_matches_brute_force(points, chunk, backend, monkeypatch):
-    if backend == "faiss" and K._faiss() is None:
-        pytest.skip("faiss not installed")
-    monkeypatch.setattr(K, "USE_FAISS", backend == "faiss")
+def test_knn_matches_brute_force(points, chunk, knn_backend):
     dist, idx = K.knn(points, 4, chunk_size=chunk)
     full = torch.cdist(points, points)
     full.fill_diagonal_(float("inf"))

@@ -295,18 +295,18 @@ def test_doubling_and_absolute_budgets(store: Path, tmp_path: Path) -> None:
     assert run(cfg, tmp_path / "a.parquet").num_labeled.tolist() == [7, 11, 15]
 
 
-def test_cli_run(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "cli.parquet"
-    argv = [
+def cli_run_argv(store: Path, strategy: str, evaluations: int, out: Path) -> list[str]:
+    """``alfm run`` arguments for a quiet, fast CPU run of seed 1 (``--out`` last)."""
+    return [
         "run",
         "--features",
         str(store),
         "--strategy",
-        "entropy",
+        strategy,
         "--seed",
         "1",
         "--evaluations",
-        "4",
+        str(evaluations),
         "--probe",
         json.dumps(FAST_PROBE),
         "--device",
@@ -315,6 +315,11 @@ def test_cli_run(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "--out",
         str(out),
     ]
+
+
+def test_cli_run(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "cli.parquet"
+    argv = cli_run_argv(store, "entropy", 4, out)
     assert main(argv) == 0
     assert "4 rounds" in capsys.readouterr().out
     run(config(store), tmp_path / "api.parquet")
@@ -340,27 +345,7 @@ class SlowRandom(Strategy):
 def test_kill_then_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> None:
     cfg = config(store, "test_run:SlowRandom", evaluations=8)
     killed, whole = tmp_path / "killed.parquet", tmp_path / "whole.parquet"
-    argv = [
-        sys.executable,
-        "-m",
-        "alfm.cli",
-        "run",
-        "--features",
-        str(store),
-        "--strategy",
-        cfg["strategy"],
-        "--seed",
-        "1",
-        "--evaluations",
-        "8",
-        "--probe",
-        json.dumps(FAST_PROBE),
-        "--device",
-        "cpu",
-        "--quiet",
-        "--out",
-        str(killed),
-    ]
+    argv = [sys.executable, "-m", "alfm.cli", *cli_run_argv(store, cfg["strategy"], 8, killed)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(argv, env=env)
     try:
