@@ -50,13 +50,13 @@ import alfm
 from alfm.budget import BudgetConfig, check_known_keys, checked_schedule
 from alfm.devices import allow_tf32, resolve_device
 from alfm.records import RECORD_COLUMNS
-from alfm.store import SplitData, open_store
+from alfm.store import SplitData, open_store, store_identity
 
 DEVICES = ("auto", "cpu", "cuda")
-CHECKPOINT_FORMAT = 1
-# Config keys that may change between invocations of the same run: where the store lives, the
-# device and the display label (``budget.evaluations`` may change too: a longer run extends).
-_RESUMABLE_KEYS = ("features", "device", "label")
+CHECKPOINT_FORMAT = 2
+#: RunConfig fields that may change between invocations of one run: where the store lives, the
+#: device and the display label (``budget.evaluations`` may change too: a longer run extends).
+RESUMABLE_FIELDS = ("features", "device", "label")
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ def run_active_learning(
     init_strategy, strategy = _create_strategies(config)
     probe_cfg = probe_config(config.probe)
 
-    identity = _identity(config, attrs, train, test)
+    identity = run_identity(config, attrs)
     ckpt_path = _sidecar(out, ".ckpt")
     state = _load_checkpoint(ckpt_path, identity)
 
@@ -301,6 +301,7 @@ def run_active_learning(
         "complete": target == evaluations,
         "labeled_sizes": sizes[:target],
         "device": device,
+        "identity": identity,
         "store": {"path": str(config.features), "attrs": attrs},
         "versions": _versions(),
     }
@@ -493,20 +494,22 @@ def _create_strategies(config: RunConfig) -> tuple[Any, Any]:
     return made[0], made[1]
 
 
-def _identity(
-    config: RunConfig, attrs: Mapping[str, Any], train: SplitData, test: SplitData
-) -> dict[str, Any]:
-    """What a checkpoint must match to be continued: the config and the store's identity."""
-    run = {k: v for k, v in config.to_dict().items() if k not in _RESUMABLE_KEYS}
+def run_identity(config: RunConfig, store_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What defines a run's rounds: its config except :data:`RESUMABLE_FIELDS` and
+    ``budget.evaluations``, and the identity of its feature store (``created`` included, so a
+    re-extracted store starts afresh). The one definition used by the checkpoint check, the
+    workflow's state key and the run's Parquet metadata.
+    """
+    run = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_FIELDS}
     run["budget"] = {k: v for k, v in run["budget"].items() if k != "evaluations"}
-    store = {k: attrs.get(k) for k in ("backbone", "dataset", "weights_sha256", "created")}
-    store.update(
-        num_classes=attrs.get("num_classes"),
-        train_rows=len(train.labels),
-        test_rows=len(test.labels),
-        dim=int(train.features.shape[1]),
-    )
-    return {"run": run, "store": store}
+    store = {**store_identity(store_attrs), "created": store_attrs.get("created")}
+    return json.loads(json.dumps({"run": run, "store": store}, sort_keys=True, default=str))
+
+
+def identity_key(identity: Mapping[str, Any]) -> str:
+    """A short stable hash of a :func:`run_identity` (16 hex digits)."""
+    text = json.dumps(identity, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -34,9 +34,19 @@ import zarr
 SPLITS = ("train", "test")
 DTYPES = ("float16", "float32")
 DEFAULT_CHUNK_ROWS = 2048
-# Attributes that identify what a store holds: resuming into a store that differs in any of them
-# is an error rather than a silent mix of two extractions.
-IDENTITY_KEYS = ("backbone", "dataset", "weights_sha256", "preprocessing", "dtype")
+# Attributes that define a store's rows: resuming into a store that differs in any of them is an
+# error rather than a silent mix of two extractions, and a run's identity includes them.
+IDENTITY_KEYS = (
+    "backbone",
+    "dataset",
+    "weights_sha256",
+    "preprocessing",
+    "dtype",
+    "dim",
+    "sizes",
+    "num_classes",
+    "class_names",
+)
 _VERSION_PACKAGES = ("alfm", "torch", "torchvision", "timm", "open_clip_torch", "zarr", "numpy")
 
 
@@ -128,6 +138,11 @@ def open_store(path: str | Path) -> FeatureStore:
             "to resume it"
         )
     return FeatureStore(path, group)
+
+
+def store_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """What defines a store's rows: its :data:`IDENTITY_KEYS` attributes (None when absent)."""
+    return {key: attrs.get(key) for key in IDENTITY_KEYS}
 
 
 def package_versions() -> dict[str, str]:
@@ -273,7 +288,7 @@ def _check_same(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) ->
             f"{existing.get('dataset')!r}, not model {wanted['backbone']!r} on dataset "
             f"{wanted['dataset']!r}; choose another output path or delete it"
         )
-    for key in (*IDENTITY_KEYS, "dim", "chunk_rows", "sizes"):
+    for key in (*IDENTITY_KEYS, "chunk_rows"):
         if key in wanted and existing.get(key) != wanted[key]:
             raise FileExistsError(
                 f"{path} holds a store of {wanted['backbone']!r} on {wanted['dataset']!r} made "

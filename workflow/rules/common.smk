@@ -6,15 +6,14 @@
 #                                            a run's records for rounds 1..round (one job's output)
 #   state/{model}/{dataset}/{strategy}/seed{seed}/{key}/run.parquet(.ckpt, .indices.npz)
 #                                            the run's resumable state, outside every declared
-#                                            output; {key} hashes everything that defines the run
-#                                            except the number of evaluations, so extending a grid
-#                                            or changing rounds_per_job continues it, while
-#                                            changing a parameter starts a fresh state
+#                                            output; {key} is alfm.run.identity_key of the run's
+#                                            identity (everything but the number of evaluations),
+#                                            so extending a grid or changing rounds_per_job
+#                                            continues it, while changing a parameter starts a
+#                                            fresh state
 #   logs/, benchmarks/                       one log per job, extraction benchmarks
 
 import contextlib
-import hashlib
-import json
 import re
 import shutil
 from pathlib import Path
@@ -191,18 +190,6 @@ def state_dir(wildcards) -> str:
     )
 
 
-def state_key(run: dict, store_attrs: dict) -> str:
-    """A hash of what defines a run's rounds: its config except evaluations, features path and
-    device, plus the identity of the feature store (a re-extracted store starts a fresh state)."""
-    identity = {k: v for k, v in run.items() if k not in ("features", "device", "budget")}
-    identity["budget"] = {k: v for k, v in run["budget"].items() if k != "evaluations"}
-    identity["store"] = {
-        k: store_attrs.get(k) for k in ("backbone", "dataset", "weights_sha256", "created")
-    }
-    text = json.dumps(identity, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def previous_round(upto: int) -> int | None:
     """The round the job before the one advancing to `upto` stops at (None: first job)."""
     earlier = [r for r in job_rounds() if r < upto]
@@ -224,12 +211,12 @@ def advance_run(input, params, output, log, threads: int) -> None:
     """Advance one run to the job's round in its state, then publish its records and indices."""
     import torch
 
-    from alfm.run import run_active_learning
+    from alfm.run import RunConfig, identity_key, run_active_learning, run_identity
     from alfm.store import open_store
 
     torch.set_num_threads(threads)
     run = params.run
-    key = state_key(run, open_store(input.features).attrs)
+    key = identity_key(run_identity(RunConfig.from_dict(run), open_store(input.features).attrs))
     state = Path(params.state) / key / "run.parquet"
     state.parent.mkdir(parents=True, exist_ok=True)
     with open(log[0], "w") as stream, contextlib.redirect_stderr(stream):
