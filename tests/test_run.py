@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from alfm.cli import main
+from alfm.probe import ProbeConfig
 from alfm.run import (
     RECORD_COLUMNS,
     RunConfig,
@@ -27,9 +28,10 @@ from alfm.run import (
     round_generator,
     run_active_learning,
     run_grid,
+    run_identity,
     seeded_generator,
 )
-from alfm.store import IncompleteStoreError, SplitData, StoreWriter, write_store
+from alfm.store import IncompleteStoreError, SplitData, StoreWriter, open_store, write_store
 from alfm.strategies import QueryContext, Strategy, create_strategy, list_strategies
 from alfm.strategies.probcover import ProbCover
 
@@ -147,6 +149,15 @@ def test_config_errors(store: Path, change: dict, match: str) -> None:
         RunConfig.from_dict({**config(store), **change})
 
 
+def test_identity_holds_the_probe_settings_in_full(store: Path) -> None:
+    attrs = open_store(store).attrs
+    left_out = RunConfig.from_dict({**config(store), "probe": {}})
+    given = RunConfig.from_dict({**config(store), "probe": {"max_epochs": 400, "lr": 0.01}})
+    assert run_identity(left_out, attrs) == run_identity(given, attrs)
+    assert run_identity(left_out, attrs)["run"]["probe"] == ProbeConfig().to_dict()
+    assert run_identity(RunConfig.from_dict(config(store)), attrs) != run_identity(given, attrs)
+
+
 def test_round_generators_depend_on_seed_round_and_purpose() -> None:
     def draw(*key: object) -> torch.Tensor:
         return torch.rand(4, generator=round_generator(*key, device="cpu"))
@@ -154,6 +165,8 @@ def test_round_generators_depend_on_seed_round_and_purpose() -> None:
     assert torch.equal(draw(1, 2, "query"), draw(1, 2, "query"))
     for other in ((1, 2, "probe"), (1, 3, "query"), (10, 2, "query")):
         assert not torch.equal(draw(1, 2, "query"), draw(*other))
+    prepare = torch.rand(4, generator=seeded_generator(1, "prepare", device="cpu"))
+    assert not any(torch.equal(prepare, draw(1, r, "prepare")) for r in range(3))
 
 
 # --- metrics ------------------------------------------------------------------------------------
