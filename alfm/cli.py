@@ -97,6 +97,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handler(args: argparse.Namespace) -> int:
+        # Deferred on purpose: alfm.run imports torch, sklearn and pandas, which building the
+        # parser (and every other subcommand) does not need.
         from alfm.run import RunConfig, run_active_learning
         from alfm.store import IncompleteStoreError
 
