@@ -147,9 +147,9 @@ class Config:
     def __post_init__(self) -> None:
         hints = type_hints(type(self))
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if not _fits(value, hints[f.name], f.metadata):
-                expected = _expectation(hints[f.name], f.metadata)
+            value, annotation = getattr(self, f.name), hints.get(f.name, Any)
+            if not _fits(value, annotation, f.metadata):
+                expected = _expectation(annotation, f.metadata)
                 raise ValueError(
                     f"{self.key_format.format(f.name)} must be {expected}, got {value!r}"
                 )
@@ -176,7 +176,7 @@ def add_arguments(
     field), parsed into ``dest=field name``; bounds are checked when the section is built."""
     hints = type_hints(cls)
     for f in dataclasses.fields(cls):
-        annotation = hints[f.name]
+        annotation = hints.get(f.name, str)
         args = typing.get_args(annotation)
         base = next((a for a in args if a is not type(None)), annotation) if args else annotation
         default = None if f.default is dataclasses.MISSING else f.default
