@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from alfm.backbones import Backbone, ImageTransform, create_backbone
 from alfm.datasets import BadImageError, create_dataset
 from alfm.devices import resolve_device
-from alfm.store import DEFAULT_CHUNK_ROWS, SPLITS, StoreWriter
+from alfm.store import DEFAULT_CHUNK_ROWS, SKIPPED_LABEL, SPLITS, StoreWriter
 
 DEFAULT_BATCH_SIZE = 128
 
@@ -42,8 +42,8 @@ def default_workers() -> int:
 
 
 class TransformedSamples(TorchDataset):
-    """(tensor, label, id, bad path, reason) per sample; an unreadable image gives zeros, label -1
-    and its path and reason (empty strings for good images)."""
+    """(tensor, label, id, bad path, reason) per sample; an unreadable image gives zeros,
+    ``SKIPPED_LABEL`` and its path and reason (empty strings for good images)."""
 
     def __init__(self, split: TorchDataset, transform: ImageTransform) -> None:
         self.split = split
@@ -57,7 +57,7 @@ class TransformedSamples(TorchDataset):
             image, label, sample_id = self.split[index]
         except BadImageError as err:
             blank = torch.zeros(3, self.transform.size, self.transform.size)
-            return blank, -1, err.sample_id, err.path, err.reason
+            return blank, SKIPPED_LABEL, err.sample_id, err.path, err.reason
         return self.transform(image), label, str(sample_id), "", ""
 
 
@@ -98,8 +98,9 @@ def extract_features(
 
     ``out`` defaults to :func:`default_store_path`. A partial store of the same extraction is
     resumed; a complete one is left as it is. A corrupt image raises ``BadImageError`` naming the
-    file, unless ``skip_bad_images``: then its row gets label -1 and zero features, and the
-    ``skipped_images`` attribute lists it (``FeatureStore.load`` drops such rows). Returns the
+    file, unless ``skip_bad_images``: then its row gets ``SKIPPED_LABEL`` and zero features, and
+    the ``skipped_images`` attribute lists it (``FeatureStore.load`` drops such rows). Images of
+    unknown class (an unlabeled dataset) keep their features and ``UNKNOWN_LABEL``. Returns the
     store path.
     """
     if batch_size < 1:
@@ -217,7 +218,7 @@ def _extract_split(
                 first = bad[0]
                 raise BadImageError(paths[first], ids[first], reasons[first])
             features = embed_batch(net, images, device)
-            features[np.asarray(labels) < 0] = 0
+            features[np.asarray(labels) == SKIPPED_LABEL] = 0
             parts.append((features, labels.numpy(), list(ids)))
             count += len(ids)
             bar.update(len(ids))

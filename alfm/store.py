@@ -5,7 +5,7 @@ Layout::
     store.zarr/                  group attrs: backbone, weights_sha256, preprocessing, dataset,
       train/                       num_classes, class_names, dtype, versions, created, complete, ...
         features   (N, D)        float16 (default) or float32, chunked along rows
-        labels     (N,)          int64
+        labels     (N,)          int64: a class, UNKNOWN_LABEL (-1) or SKIPPED_LABEL (-2)
         ids        (N,)          str
         chunks_done (n_chunks,)  bool, set after a chunk's three arrays are written
       test/ ...
@@ -14,6 +14,11 @@ Every chunk write is atomic (zarr's local store writes through a temporary file 
 ``chunks_done`` is set only after a chunk's rows are in place, and the group attribute
 ``complete`` becomes true only after every chunk of both splits is done. A killed writer therefore
 never leaves a store that reads as complete, and a rerun continues with the missing chunks.
+
+Two labels are not classes: ``UNKNOWN_LABEL`` (-1) marks an image whose class nobody knows yet (an
+unlabeled dataset, for ``alfm label``); ``SKIPPED_LABEL`` (-2) marks an unreadable image skipped
+during extraction (its id is also listed in the ``skipped_images`` attribute, its features are
+zeros). :meth:`FeatureStore.load` leaves skipped rows out and keeps unknown ones.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import zarr
 SPLITS = ("train", "test")
 DTYPES = ("float16", "float32")
 DEFAULT_CHUNK_ROWS = 2048
+UNKNOWN_LABEL = -1  # an image whose class is not known (yet)
+SKIPPED_LABEL = -2  # an unreadable image skipped during extraction
 # Attributes that define a store's rows: resuming into a store that differs in any of them is an
 # error rather than a silent mix of two extractions, and a run's identity includes them.
 IDENTITY_KEYS = (
@@ -88,12 +95,12 @@ class FeatureStore:
     def load(self, split: str, *, include_skipped: bool = False) -> SplitData:
         """Read one split fully into memory.
 
-        Rows of images skipped during extraction (label -1) are left out unless
-        ``include_skipped``.
+        Rows of images skipped during extraction (``SKIPPED_LABEL``) are left out unless
+        ``include_skipped``; rows of unknown class (``UNKNOWN_LABEL``) are kept.
         """
         group = self._split(split)
         labels = np.asarray(group["labels"][:], dtype=np.int64)
-        keep = slice(None) if include_skipped else labels >= 0
+        keep = slice(None) if include_skipped else labels != SKIPPED_LABEL
         return SplitData(
             features=np.asarray(group["features"][:])[keep],
             labels=labels[keep],
@@ -262,12 +269,12 @@ class StoreWriter:
         group["chunks_done"][index] = True
 
     def skipped_ids(self) -> dict[str, list[str]]:
-        """Ids of the rows written with label -1 (skipped images), per split."""
+        """Ids of the rows written with ``SKIPPED_LABEL`` (skipped images), per split."""
         skipped = {}
         for split in SPLITS:
             labels = np.asarray(self._group[split]["labels"][:])
             ids = np.asarray(self._group[split]["ids"][:], dtype=object)
-            skipped[split] = [str(i) for i in ids[labels < 0]]
+            skipped[split] = [str(i) for i in ids[labels == SKIPPED_LABEL]]
         return skipped
 
     def finish(self, extra_attrs: Mapping[str, Any] | None = None) -> None:
