@@ -645,7 +645,7 @@ def _save_checkpoint(path: Path, identity: dict[str, Any], state: _State) -> Non
         "probe_state": state.probe_state,
         "computed": state.computed,
     }
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
@@ -660,7 +660,7 @@ def _restore_probe(state: dict[str, torch.Tensor] | None, dropout: float, device
 
 
 @contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name created by the writer itself, so the file gets the usual umask permissions.
@@ -680,7 +680,7 @@ def _records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _write_indices(path: Path, added: list[torch.Tensor]) -> None:
     arrays = {f"round_{r}": idx.numpy() for r, idx in enumerate(added, start=1)}
-    with _atomic(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
 
 
@@ -696,7 +696,7 @@ def _write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, Any]) ->
     table = table.replace_schema_metadata(
         {**existing, b"alfm": json.dumps(metadata, sort_keys=True, default=str).encode()}
     )
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 
