@@ -278,6 +278,8 @@ def add_label(sub: argparse._SubParsersAction) -> None:
             f"round {batch.round} ({state}): {len(batch.ids)} images by {batch.strategy}: "
             f"{result.folder / 'batch.csv'}, {result.folder / 'tasks.json'}"
         )
+        if result.images_problem:
+            print(f"note: no image paths ({result.images_problem})", file=sys.stderr)
         return 0
 
     proposal.set_defaults(handler=run_next)

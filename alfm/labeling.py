@@ -306,6 +306,7 @@ class NextResult:
     new: bool
     unlabeled: int
     folder: Path
+    images_problem: str | None = None
 
 
 def next_batch(
@@ -326,8 +327,8 @@ def next_batch(
     pending = project.open_ids()
     if pending and not skip_unlabeled:
         batch = project.batches[-1]
-        folder = write_batch_files(project, batch)
-        return NextResult(batch, False, len(pending), folder)
+        folder, problem = write_batch_files(project, batch)
+        return NextResult(batch, False, len(pending), folder, problem)
     name = strategy or project.config.strategy
     if strategy_params is None:
         same = name == project.config.strategy
@@ -371,10 +372,10 @@ def next_batch(
             stop_predictions=[int(c) for c in stop_predicted],
             stop_confidence=float(np.mean(stop_confidence)),
         )
-    folder = write_batch_files(project, batch)
+    folder, problem = write_batch_files(project, batch)
     _write_text(folder / "batch.json", json.dumps(_batch_record(batch), indent=1) + "\n")
     project.batches.append(batch)
-    return NextResult(batch, True, len(batch.ids), folder)
+    return NextResult(batch, True, len(batch.ids), folder, problem)
 
 
 def _ids(project: LabelingProject, chosen: torch.Tensor) -> list[str]:
@@ -392,8 +393,9 @@ def model_version(project: LabelingProject, batch: Batch) -> str | None:
     )
 
 
-def write_batch_files(project: LabelingProject, batch: Batch) -> Path:
-    """Write ``batch.csv`` and ``tasks.json`` of ``batch``; returns the round's folder."""
+def write_batch_files(project: LabelingProject, batch: Batch) -> tuple[Path, str | None]:
+    """Write ``batch.csv`` and ``tasks.json`` of ``batch``: (the round's folder, why the images
+    could not be located, if they could not)."""
     folder = round_folder(project.folder, batch.round)
     folder.mkdir(parents=True, exist_ok=True)
     images = ImageLocator(project)
@@ -422,7 +424,7 @@ def write_batch_files(project: LabelingProject, batch: Batch) -> Path:
             ]
         tasks.append(task)
     _write_text(folder / "tasks.json", json.dumps(tasks, indent=1) + "\n")
-    return folder
+    return folder, images.problem
 
 
 def choice_result(label: str) -> dict[str, Any]:
@@ -449,7 +451,8 @@ class ImageLocator:
     """Where a pool image lies on disk and the URL Label Studio reads it from.
 
     Datasets of files give their files; datasets held in memory get a PNG per image written to
-    the project's ``images/`` on first use.
+    the project's ``images/`` on first use. A store whose dataset cannot be opened here (moved
+    images, a synthetic store) has no images: ``problem`` says why, paths and URLs are empty.
     """
 
     def __init__(self, project: LabelingProject) -> None:
@@ -457,22 +460,21 @@ class ImageLocator:
 
         attrs = project.store.attrs
         self.project = project
+        self.problem: str | None = None
+        self.index: dict[str, int] = {}
+        self.files = None
         try:
             data = create_dataset(str(attrs.get("dataset")), attrs.get("dataset_root"))
         except (ValueError, FileNotFoundError) as err:
-            raise ValueError(
-                f"cannot open the images of dataset {attrs.get('dataset')!r} of store "
-                f"{project.features_path} ({err})"
-            ) from err
-        self.split = data.split("train")
-        listed = getattr(self.split, "ids", None)
-        if listed is None:
-            raise ValueError(
-                f"dataset {attrs.get('dataset')!r} does not list its image ids, so alfm cannot "
-                "show its images"
-            )
-        self.index = {str(i): k for k, i in enumerate(listed)}
-        self.files = getattr(self.split, "paths", None)
+            self.problem = f"cannot open dataset {attrs.get('dataset')!r}: {err}"
+        else:
+            self.split = data.split("train")
+            listed = getattr(self.split, "ids", None)
+            if listed is None:
+                self.problem = f"dataset {attrs.get('dataset')!r} does not list its image ids"
+            else:
+                self.index = {str(i): k for k, i in enumerate(listed)}
+                self.files = getattr(self.split, "paths", None)
         default = self._default_root(attrs.get("dataset_root"))
         config = project.config
         self.media_root = Path(config.media_root or default).resolve()
@@ -485,14 +487,15 @@ class ImageLocator:
         root = Path(dataset_root)
         return root.parent if root.is_file() else root
 
-    def path(self, sample_id: str) -> Path:
+    def path(self, sample_id: str) -> Path | None:
         """The image file of ``sample_id`` (a PNG written now for an in-memory dataset)."""
+        if self.problem is not None:
+            return None
         position = self.index[sample_id]
         if self.files is not None:
             return Path(self.files[position]).resolve()
-        target = (
-            self.project.folder / IMAGES_DIR / f"{re.sub(r'[^A-Za-z0-9._-]', '_', sample_id)}.png"
-        )
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", sample_id)
+        target = self.project.folder / IMAGES_DIR / f"{name}.png"
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             image = self.split[position][0]
@@ -500,9 +503,11 @@ class ImageLocator:
                 image.save(tmp, format="PNG")
         return target.resolve()
 
-    def url(self, path: Path) -> str:
+    def url(self, path: Path | None) -> str:
         """The task's image URL: ``url_prefix`` + the path under ``media_root``, or Label
-        Studio's local-files URL of the path under ``document_root``."""
+        Studio's local-files URL of the path under ``document_root`` (empty without a path)."""
+        if path is None:
+            return ""
         base = self.media_root if self.url_prefix else self.document_root
         try:
             relative = path.relative_to(base).as_posix()
