@@ -482,3 +482,31 @@ def test_init_errors(animal_pixel_store: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     with pytest.raises(FileNotFoundError, match="not a labeling project"):
         LabelingProject(tmp_path / "c")
+
+
+def test_a_folder_of_unlabeled_images_end_to_end(image_files, tmp_path: Path) -> None:
+    """unlabeled/ + a labeled test/ → extraction (unknown labels keep their features) → a
+    project whose batches name the image files and their Label Studio local-files URLs."""
+    from alfm.extract import extract_features
+
+    root, _ = image_files
+    (root / "train").rename(root / "unlabeled")
+    out = extract_features(
+        "mobilenet_v2", "imagefolder", tmp_path / "u.zarr", root=root,
+        image_size=32, num_workers=0, progress=False,
+    )  # fmt: skip
+    store = open_store(out)
+    train = store.load("train")
+    assert train.labels.tolist() == [-1] * 8 and np.abs(train.features).sum(axis=1).min() > 0
+    assert store.attrs["skipped_images"] == {"train": [], "test": []}
+    project = init_project(out, tmp_path / "p", device="cpu", probe=FAST_PROBE)
+    ids = propose(project, budget=3)
+    rows = list(csv.DictReader((project / "rounds" / "001" / "batch.csv").open()))
+    assert [Path(r["path"]) for r in rows] == [root / i for i in ids]
+    tasks = json.loads((project / "rounds" / "001" / "tasks.json").read_text())
+    assert tasks[0]["data"]["image"] == f"/data/local-files/?d=images/{ids[0]}"
+    write_labels(tmp_path / "l.csv", [(i, "cat") for i in ids])
+    assert main(["label", "import", str(project), str(tmp_path / "l.csv")]) == 0
+    status = project_status(LabelingProject(project))
+    assert status["accuracy_on"] == "evaluation split (4 images)"
+    assert status["never_seen"] == ["dog"]
