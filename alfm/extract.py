@@ -56,7 +56,7 @@ class TransformedSamples(TorchDataset):
         try:
             image, label, sample_id = self.split[index]
         except BadImageError as err:
-            blank = torch.zeros(3, self.transform.size, self.transform.size)
+            blank = torch.zeros(3, self.transform.crop, self.transform.crop)
             return blank, SKIPPED_LABEL, err.sample_id, err.path, err.reason
         return self.transform(image), label, str(sample_id), "", ""
 
