@@ -26,8 +26,10 @@ never used: the project knows only what was imported.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import re
 from collections import Counter
@@ -200,7 +202,8 @@ class LabelingProject:
         _check_store(self.folder, record["store"], self.store.attrs, pool.ids, self.features_path)
         self.ids = pool.ids
         self.position = {sample_id: i for i, sample_id in enumerate(self.ids)}
-        self._pool_features = pool.features
+        self.device = resolve_device(self.config.device).type
+        self.pool = torch.as_tensor(pool.features, dtype=torch.float32, device=self.device)
         self.class_index = {name: i for i, name in enumerate(self.config.classes)}
         self.labels = read_labels(self.folder / LABELS_FILE)
         self.batches = read_batches(self.folder)
@@ -230,10 +233,10 @@ class LabelingProject:
         selection order (the order of the benchmark's labeled set)."""
         current = self.current_labels()
         ids = [i for b in self.batches[:round_number] for i in b.ids if i in current]
-        device = self.steps.device
-        labeled = torch.tensor([self.position[i] for i in ids], dtype=torch.int64, device=device)
+        positions = [self.position[i] for i in ids]
+        labeled = torch.tensor(positions, dtype=torch.int64, device=self.device)
         labels = torch.tensor(
-            [self.class_index[current[i]] for i in ids], dtype=torch.int64, device=device
+            [self.class_index[current[i]] for i in ids], dtype=torch.int64, device=self.device
         )
         return labeled, labels
 
@@ -258,9 +261,7 @@ class LabelingProject:
                 "device": self.config.device,
             }
         )
-        device = resolve_device(config.device).type
-        pool = torch.as_tensor(self._pool_features, dtype=torch.float32, device=device)
-        return RoundSteps(config, pool, len(self.classes))
+        return RoundSteps(config, self.pool, len(self.classes))
 
     def open_ids(self) -> list[str]:
         """Ids of the last batch that have no label yet."""
@@ -272,9 +273,7 @@ class LabelingProject:
     def classifier(self) -> tuple[int, Probe] | None:
         """(round, probe) of the classifier on every label so far: the probe of the last round
         with labels (None before any label)."""
-        current = self.current_labels()
-        rounds = [b.round for b in self.batches if any(i in current for i in b.ids)]
-        if not rounds:
+        if not self.labels:
             return None
         round_number = len(self.batches)
         labeled, labels = self.labeled_through(round_number)
@@ -290,7 +289,7 @@ class LabelingProject:
     def predict(self, probe: Probe, rows: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(class index, confidence) of ``probe`` on the pool ``rows``."""
         with torch.no_grad():
-            proba = probe.predict_proba(self.steps.pool[rows.to(self.steps.device)])
+            proba = probe.predict_proba(self.pool[rows.to(self.device)])
         confidence, predicted = proba.max(dim=1)
         return predicted.cpu().numpy(), confidence.float().cpu().numpy()
 
@@ -334,18 +333,11 @@ def next_batch(
         same = name == project.config.strategy
         strategy_params = project.config.strategy_params if same else {}
     round_number = len(project.batches)
-    labeled, labels = (
-        project.labeled_through(round_number)
-        if round_number
-        else (torch.empty(0, dtype=torch.int64), None)
-    )
+    labeled, labels = project.labeled_through(round_number)
     available = len(project.ids) - len(labeled)
-    if budget > available - 1:
-        raise ValueError(
-            f"budget {budget} leaves no choice: the pool has {available} images without a label"
-        )
+    if budget > available:
+        raise ValueError(f"budget {budget} is more than the {available} images without a label")
     steps = project.round_steps(name, strategy_params)
-    project._steps = steps
     if round_number == 0:
         chosen = steps.initial_batch(budget)
         batch = Batch(1, _ids(project, chosen), project.config.init, project.config.init_params,
@@ -373,7 +365,7 @@ def next_batch(
             stop_confidence=float(np.mean(stop_confidence)),
         )
     folder, problem = write_batch_files(project, batch)
-    _write_text(folder / "batch.json", json.dumps(_batch_record(batch), indent=1) + "\n")
+    _write_text(folder / "batch.json", json.dumps(dataclasses.asdict(batch), indent=1) + "\n")
     project.batches.append(batch)
     return NextResult(batch, True, len(batch.ids), folder, problem)
 
@@ -616,12 +608,15 @@ def import_labels(project: LabelingProject, entries: Sequence[Entry], source: st
     """
     proposed = project.batch_of()
     problems = []
+    class_list = ", ".join(project.classes)
     checks = (
         ("ids not in the store's pool", lambda e: e.id not in project.position),
-        (f"labels not in the class list ({', '.join(project.classes)})",
-         lambda e: e.label not in project.class_index),
+        (
+            f"labels not in the class list ({class_list})",
+            lambda e: e.label not in project.class_index,
+        ),
         ("ids never proposed", lambda e: e.id in project.position and e.id not in proposed),
-    )  # fmt: skip
+    )
     for what, bad in checks:
         rows = [e for e in entries if bad(e)]
         if rows:
@@ -779,7 +774,7 @@ def project_status(project: LabelingProject) -> dict[str, Any]:
         if evaluation is not None:
             features, labels = evaluation
             with torch.no_grad():
-                x = torch.as_tensor(features, dtype=torch.float32, device=project.steps.device)
+                x = torch.as_tensor(features, dtype=torch.float32, device=project.device)
                 predicted = probe.predict_proba(x).argmax(dim=1).cpu().numpy()
             status["accuracy"] = float(np.mean(predicted == labels))
             status["accuracy_on"] = f"evaluation split ({len(labels)} images)"
@@ -856,7 +851,7 @@ def cross_validated_accuracy(project: LabelingProject) -> tuple[float | None, in
     correct = 0
     for k, test in enumerate(torch.tensor_split(order, folds)):
         train = order[~torch.isin(order, test)]
-        generator = seeded_generator(project.config.seed, "cv", k, device=project.steps.device)
+        generator = seeded_generator(project.config.seed, "cv", k, device=project.device)
         probe = project.steps.train_classifier(
             labeled[train.to(labeled.device)], labels[train.to(labels.device)], generator
         )
@@ -903,14 +898,10 @@ def round_folder(folder: Path, round_number: int) -> Path:
     return folder / ROUNDS_DIR / f"{round_number:03d}"
 
 
-def _batch_record(batch: Batch) -> dict[str, Any]:
-    return dict(batch.__dict__)
-
-
 def read_batches(folder: Path) -> list[Batch]:
     """The committed batches (those whose ``batch.json`` exists), in round order."""
     batches = []
-    for round_number in range(1, 10**6):
+    for round_number in itertools.count(1):
         path = round_folder(folder, round_number) / "batch.json"
         if not path.is_file():
             break

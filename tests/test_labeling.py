@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+from test_run import FAST_PROBE, one_thread  # noqa: F401  (one_thread: an autouse fixture)
 
 from alfm.cli import main
 from alfm.datasets import ANIMAL_MNIST_CLASSES
@@ -34,17 +34,6 @@ from alfm.labeling import (
 )
 from alfm.run import read_indices, read_run_metadata
 from alfm.store import SplitData, open_store, write_store
-
-FAST_PROBE = {"max_epochs": 60, "patience": 10}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    """Small tensors: one intra-op thread avoids OpenMP spin-waits on a loaded 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def folder_hash(folder: Path) -> str:
