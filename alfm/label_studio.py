@@ -9,6 +9,7 @@ an access token at ``/api/token/refresh`` first, as Label Studio's docs describe
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import urllib.error
@@ -58,8 +59,7 @@ class LabelStudio:
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         """JSON of ``method path`` (``path`` starts with ``/api/``)."""
-        headers = {"Authorization": self._auth(), "Content-Type": "application/json"}
-        return self._send(method, path, body, headers)
+        return self._send(method, path, body, {"Authorization": self._auth()})
 
     def _auth(self) -> str:
         if self._authorization is None:
@@ -91,17 +91,20 @@ class LabelStudio:
         return json.loads(payload) if payload else None
 
     def pages(self, path: str) -> list[dict[str, Any]]:
-        """Every item of a paginated list endpoint."""
-        items, page = [], 1
+        """Every item of a paginated list endpoint (``results`` with ``next``, or the task
+        list's ``tasks`` with ``total``)."""
+        items: list[dict[str, Any]] = []
         separator = "&" if "?" in path else "?"
-        while True:
+        for page in itertools.count(1):
             reply = self.request("GET", f"{path}{separator}page={page}&page_size={PAGE_SIZE}")
             if isinstance(reply, list):  # an endpoint without pagination
                 return reply
-            items += reply.get("results", reply.get("tasks", []))
-            if not reply.get("next"):
-                return items
-            page += 1
+            found = reply.get("results", reply.get("tasks", []))
+            items += found
+            more = reply.get("next") if "results" in reply else len(items) < reply.get("total", 0)
+            if not found or not more:
+                break
+        return items
 
 
 @dataclass

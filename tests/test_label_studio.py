@@ -44,6 +44,7 @@ def test_push_annotate_pull_and_continue(
     label_studio, animal_pixel_store: Path, monkeypatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url, token, files = label_studio
+    monkeypatch.setattr("alfm.label_studio.PAGE_SIZE", 3)  # every list read spans pages
     monkeypatch.setenv("LABEL_STUDIO_URL", url)
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
     folder = init_project(animal_pixel_store, files / "project", device="cpu",
