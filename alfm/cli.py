@@ -221,26 +221,30 @@ def add_label(sub: argparse._SubParsersAction) -> None:
         "--classes", help="class names: a,b,c or a file with one per line (default: the store's)"
     )
     init.add_argument("--out", required=True, help="project folder to create")
-    init.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    init.add_argument("--strategy", default="dropquery", help="query strategy (default dropquery)")
-    init.add_argument("--strategy-params", type=json_object, default={}, help="JSON object")
-    init.add_argument("--init", default="centroid", help="first batch's strategy (centroid)")
-    init.add_argument("--init-params", type=json_object, default={}, help="JSON object")
-    init.add_argument("--probe", type=json_object, default={}, help="probe settings as JSON")
-    init.add_argument("--device", choices=DEVICES, default="auto")
+    # Defaults (None) come from alfm.labeling.ProjectConfig, their one definition.
+    init.add_argument("--seed", type=int, help="seed of every random draw (0)")
+    init.add_argument("--strategy", help="query strategy after the first batch (dropquery)")
+    init.add_argument("--strategy-params", type=json_object, help="JSON object")
+    init.add_argument("--init", help="first batch's strategy (centroid)")
+    init.add_argument("--init-params", type=json_object, help="JSON object")
+    init.add_argument("--probe", type=json_object, help="probe settings as JSON")
+    init.add_argument("--device", choices=DEVICES, help="auto (CUDA when available), cpu, cuda")
     init.add_argument("--media-root", help="folder of the images (default: the dataset's)")
     init.add_argument("--document-root", help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT")
     init.add_argument("--url-prefix", help="image URLs: this prefix + path under --media-root")
     init.add_argument("--title", help="Label Studio project title (default: folder name)")
+    init.add_argument(
+        "--stop-kappa",
+        type=float,
+        help="stabilizing predictions fire above this mean kappa of the last 3 rounds (0.99)",
+    )
 
     def run_init(args: argparse.Namespace) -> int:
         from alfm.labeling import init_project, parse_classes
 
-        settings = {
-            key: getattr(args, key)
-            for key in ("seed", "strategy", "strategy_params", "init", "init_params", "probe",
-                        "device", "media_root", "document_root", "url_prefix", "title")
-        }  # fmt: skip
+        keys = ("seed", "strategy", "strategy_params", "init", "init_params", "probe", "device",
+                "media_root", "document_root", "url_prefix", "title", "stop_kappa")  # fmt: skip
+        settings = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
         classes = parse_classes(args.classes) if args.classes else None
         out = init_project(args.features, args.out, classes, **settings)
         print(f"{out}: labeling project over {args.features}; next: alfm label next {out}")
@@ -256,7 +260,7 @@ def add_label(sub: argparse._SubParsersAction) -> None:
         "(Label Studio tasks with pre-annotations). The first batch comes from the init strategy. "
         "While the last batch has ids without labels, the same batch is written again.",
     )
-    proposal.add_argument("--budget", type=int, default=100, help="images in the batch (100)")
+    proposal.add_argument("--budget", type=int, help="images in the batch (100)")
     proposal.add_argument("--strategy", help="query strategy (default: the project's)")
     proposal.add_argument("--strategy-params", type=json_object, help="JSON object")
     proposal.add_argument(
@@ -269,8 +273,13 @@ def add_label(sub: argparse._SubParsersAction) -> None:
         from alfm.labeling import LabelingProject, next_batch
 
         project = LabelingProject(args.project, args.features)
+        budget = {} if args.budget is None else {"budget": args.budget}  # default: next_batch's
         result = next_batch(
-            project, args.budget, args.strategy, args.strategy_params, args.skip_unlabeled
+            project,
+            strategy=args.strategy,
+            strategy_params=args.strategy_params,
+            skip_unlabeled=args.skip_unlabeled,
+            **budget,
         )
         batch = result.batch
         state = "new batch" if result.new else f"batch still open, {result.unlabeled} to label"

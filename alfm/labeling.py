@@ -60,9 +60,9 @@ LOCAL_FILES_URL = "/data/local-files/?d="
 #: Label Studio's names of the image and the choices in the labeling config alfm writes.
 IMAGE_NAME, CHOICES_NAME = "image", "label"
 MAX_ROWS_SHOWN = 10
-#: Stopping rules (see :func:`stopping_signals`): stabilizing predictions' window and threshold
-#: (Bloodgood & Vijay-Shanker 2009's defaults), the rounds of falling confidence that mark its
-#: peak, and the selected-accuracy threshold.
+#: Stopping rules (see :func:`stopping_signals`): stabilizing predictions' window and default
+#: threshold (Bloodgood & Vijay-Shanker 2009's defaults; the project's ``stop_kappa``), the
+#: rounds of falling confidence that mark its peak, and the selected-accuracy threshold.
 SP_WINDOW, SP_KAPPA = 3, 0.99
 CONFIDENCE_PATIENCE = 3
 SELECTED_ACCURACY = 0.9
@@ -99,6 +99,12 @@ class ProjectConfig(Config):
         None, help="serve images from this URL prefix + their path under media_root instead"
     )
     stop_set_size: int = setting(2000, minimum=1, help="pool images the stopping signals watch")
+    stop_kappa: float = setting(
+        SP_KAPPA,
+        exclusiveMinimum=0,
+        maximum=1,
+        help="stabilizing predictions fire above this mean kappa (the paper's default 0.99)",
+    )
     title: str | None = setting(None, help="Label Studio project title (default: folder name)")
 
     def __post_init__(self) -> None:
@@ -684,8 +690,12 @@ def append_labels(path: Path, rows: Sequence[Mapping[str, str]]) -> None:
 # --- status, stopping, export -----------------------------------------------------------------
 
 
-def stopping_signals(batches: Sequence[Batch], current: Mapping[str, str],
-                     classes: Sequence[str]) -> dict[str, dict[str, Any]]:  # fmt: skip
+def stopping_signals(
+    batches: Sequence[Batch],
+    current: Mapping[str, str],
+    classes: Sequence[str],
+    kappa_threshold: float = SP_KAPPA,
+) -> dict[str, dict[str, Any]]:
     """The stopping signals that need no ground truth, per classifier round, and the first round
     each fires at (None: not yet).
 
@@ -693,7 +703,7 @@ def stopping_signals(batches: Sequence[Batch], current: Mapping[str, str],
 
     - ``stabilizing_predictions`` (Bloodgood & Vijay-Shanker 2009): Cohen's kappa between the
       predictions of classifiers j − 1 and j on the stop set; fires at the first j where the mean
-      of the last ``SP_WINDOW`` kappas exceeds ``SP_KAPPA``.
+      of the last ``SP_WINDOW`` kappas exceeds ``kappa_threshold``.
     - ``confidence_peak`` (after Vlachos 2008): the stop set's mean confidence of classifier j;
       fires at the first j after ``CONFIDENCE_PATIENCE`` consecutive falls.
     - ``selected_accuracy`` (Zhu, Wang & Hovy 2008): the agreement of classifier j − 1's
@@ -711,7 +721,7 @@ def stopping_signals(batches: Sequence[Batch], current: Mapping[str, str],
     sp_fire = None
     for j in sorted(kappas):
         window = [kappas.get(j - k) for k in range(SP_WINDOW)]
-        if all(v is not None for v in window) and float(np.mean(window)) > SP_KAPPA:
+        if all(v is not None for v in window) and float(np.mean(window)) > kappa_threshold:
             sp_fire = j
             break
     confidence = {j: float(stops[j].stop_confidence) for j in rounds}
@@ -733,7 +743,11 @@ def stopping_signals(batches: Sequence[Batch], current: Mapping[str, str],
             selected[batch.round] = sum(p == y for p, y in pairs) / len(pairs)
     sel_fire = next((j for j in sorted(selected) if selected[j] >= SELECTED_ACCURACY), None)
     return {
-        "stabilizing_predictions": {"values": kappas, "fires_at": sp_fire},
+        "stabilizing_predictions": {
+            "values": kappas,
+            "fires_at": sp_fire,
+            "threshold": kappa_threshold,
+        },
         "confidence_peak": {"values": confidence, "fires_at": conf_fire},
         "selected_accuracy": {"values": selected, "fires_at": sel_fire},
     }
@@ -793,14 +807,16 @@ def project_status(project: LabelingProject) -> dict[str, Any]:
                     stop_confidence=float(np.mean(stop_confidence)),
                 )
             )  # fmt: skip
-    status["stopping"] = stopping_signals(batches, current, project.classes)
+    status["stopping"] = stopping_signals(
+        batches, current, project.classes, project.config.stop_kappa
+    )
     return status
 
 
 SIGNAL_NAMES = {
     "stabilizing_predictions": (
         f"stabilizing predictions (Bloodgood & Vijay-Shanker 2009: mean kappa of the last "
-        f"{SP_WINDOW} successive classifiers on the stop set > {SP_KAPPA})"
+        f"{SP_WINDOW} successive classifiers on the stop set > {{threshold}})"
     ),
     "confidence_peak": (
         f"confidence peak (Vlachos 2008: the stop set's mean confidence fell "
@@ -831,7 +847,8 @@ def format_status(status: Mapping[str, Any]) -> str:
         last = f"last {values[max(values)]:.4f}" if values else "no value yet"
         fired = signal["fires_at"]
         verdict = f"fired at round {fired}" if fired is not None else "not fired"
-        lines.append(f"  {SIGNAL_NAMES[key]}: {last}, {verdict}")
+        name = SIGNAL_NAMES[key].format(threshold=signal.get("threshold"))
+        lines.append(f"  {name}: {last}, {verdict}")
     return "\n".join(lines)
 
 

@@ -391,6 +391,8 @@ def test_stopping_signals_on_a_hand_history() -> None:
     assert kappas[2] == pytest.approx(0.5) and kappas[3] == kappas[4] == 1.0
     # windows of 3 kappas: (0.5, 1, 1) at classifier 4, (1, 1, 1) at 5
     assert signals["stabilizing_predictions"]["fires_at"] == 5
+    relaxed = stopping_signals(history, labels, ["a", "b"], kappa_threshold=0.8)
+    assert relaxed["stabilizing_predictions"]["fires_at"] == 4  # mean (0.5 + 1 + 1) / 3 > 0.8
     assert signals["confidence_peak"]["fires_at"] == 5  # 0.7 > 0.65 > 0.64 > 0.63
     assert signals["selected_accuracy"]["values"] == {
         2: 1.0,
