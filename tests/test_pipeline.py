@@ -11,12 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from results_helpers import write_run
+from test_workflow import write_synthetic_store
 
 from alfm import pipeline
 from alfm.pipeline import ConfigError, Grid
 from alfm.registry import Registry, UnknownNameError
 from alfm.run import RunConfig, identity_key, read_indices, run_active_learning, run_identity
-from alfm.store import SplitData, open_store, write_store
+from alfm.store import open_store
 
 TIMING = ["train_seconds", "eval_seconds", "query_seconds", "peak_host_mb", "peak_device_mb"]
 
@@ -182,29 +183,16 @@ def test_check_names_accepts_the_grid_and_names_the_key_of_an_unknown_name():
             pipeline.check_names(config(**overrides))
 
 
-def write_synthetic_store(path: Path) -> Path:
-    """A 3-class, 8-d store of Gaussian blobs (90 train, 30 test rows)."""
-    rng = np.random.default_rng(0)
-    centers = rng.normal(0, 3, size=(3, 8))
-
-    def split(n: int, prefix: str) -> SplitData:
-        labels = np.arange(n) % 3
-        features = centers[labels] + rng.normal(size=(n, 8))
-        ids = np.array([f"{prefix}{i}" for i in range(n)])
-        return SplitData(features.astype(np.float32), labels.astype(np.int64), ids)
-
-    write_store(path, split(90, "train"), split(30, "test"), {"backbone": "m", "dataset": "d"})
-    return path
-
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
-    return write_synthetic_store(tmp_path_factory.mktemp("store") / "m" / "d.zarr")
+    path = tmp_path_factory.mktemp("store") / "m" / "d.zarr"
+    write_synthetic_store(path)
+    return path
 
 
 def small_grid(store: Path, results: Path, **overrides) -> Grid:
     features = str(store.parent.parent)
-    strategies = ["random", "probcover"]
+    strategies = ["random", "margins", "probcover"]
     overrides = {"evaluations": 4, **overrides}
     budget = {**CONFIG["budget"], "evaluations": overrides.pop("evaluations")}
     return Grid.from_config(
@@ -252,27 +240,35 @@ def test_state_key_is_the_run_identity_and_changes_with_every_identity_field(sto
     assert pipeline.state_key(run, {**attrs, "created": "another time"}) != key
 
 
-def test_advance_and_publish_in_jobs_equals_one_uninterrupted_run(store, tmp_path):
+PROBCOVER_RESUME = pytest.mark.xfail(
+    strict=True,
+    reason="ProbCover seeds its graph from the round that first builds it, until the engine's "
+    "Strategy.prepare (issue 10); remove this mark when that lands",
+)
+
+
+@pytest.mark.parametrize("arm", ["margins", pytest.param("probcover", marks=PROBCOVER_RESUME)])
+def test_advance_and_publish_in_jobs_equals_one_uninterrupted_run(store, tmp_path, arm):
     grid = small_grid(store, tmp_path / "res", rounds_per_job=3)
     attrs = open_store(store).attrs
     seeds = grid.job_seeds(None)
-    states = [grid.state_dir("m", "d", "probcover", s) for s in seeds]
+    states = [grid.state_dir("m", "d", arm, s) for s in seeds]
     for upto in grid.job_rounds():
-        runs = [grid.run_config("m", "d", "probcover", s, upto) for s in seeds]
-        outs = [grid.run_path("m", "d", "probcover", s, upto) for s in seeds]
+        runs = [grid.run_config("m", "d", arm, s, upto) for s in seeds]
+        outs = [grid.run_path("m", "d", arm, s, upto) for s in seeds]
         pipeline.advance_and_publish(runs, states, outs, progress=False)
     for seed, state in zip(seeds, states, strict=True):
-        final = grid.run_path("m", "d", "probcover", seed, 4)
+        final = grid.run_path("m", "d", arm, seed, 4)
         reference = tmp_path / "reference" / f"{seed}.parquet"
-        run_active_learning(grid.run_config("m", "d", "probcover", seed, 4), reference)
+        run_active_learning(grid.run_config("m", "d", arm, seed, 4), reference)
         pd.testing.assert_frame_equal(
             pd.read_parquet(final).drop(columns=TIMING),
             pd.read_parquet(reference).drop(columns=TIMING),
         )
         for got, want in zip(read_indices(final), read_indices(reference), strict=True):
             np.testing.assert_array_equal(got, want)
-        assert len(pd.read_parquet(grid.run_path("m", "d", "probcover", seed, 3))) == 3
-        key = pipeline.state_key(grid.run_config("m", "d", "probcover", seed, 4), attrs)
+        assert len(pd.read_parquet(grid.run_path("m", "d", arm, seed, 3))) == 3
+        key = pipeline.state_key(grid.run_config("m", "d", arm, seed, 4), attrs)
         assert [p.name for p in Path(state).iterdir()] == [key]
     assert not list((tmp_path / "res").rglob("*.tmp"))
 

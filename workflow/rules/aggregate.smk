@@ -4,6 +4,8 @@
 # `snakemake figures --forcerun aggregate` regenerates every table and figure from the runs that
 # exist, without recomputing any run; `snakemake --report report.html` then builds the report.
 
+from pathlib import Path
+
 from alfm.pipeline import aggregate_targets, figure_paths, statistics_paths
 
 
