@@ -157,7 +157,7 @@ class Backbone:
 
 
 BackboneFactory = Callable[..., Backbone]
-_BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+_BACKBONES: Registry[BackboneFactory] = Registry("backbone", prefixes=("timm:", "open_clip:"))
 
 
 def resolve_model_dir(model_dir: str | Path | None = None) -> Path:
@@ -190,10 +190,11 @@ def create_backbone(
         "random_init": random_init,
         "image_size": image_size,
     }
-    if name.startswith("timm:"):
-        backbone = timm_backbone(name, name.removeprefix("timm:"), **kwargs)
-    elif name.startswith("open_clip:"):
-        arch, _, tag = name.removeprefix("open_clip:").partition("/")
+    prefix, rest = _BACKBONES.split_prefix(name)
+    if prefix == "timm:":
+        backbone = timm_backbone(name, rest, **kwargs)
+    elif prefix == "open_clip:":
+        arch, _, tag = rest.partition("/")
         backbone = open_clip_backbone(name, arch, tag or None, **kwargs)
     else:
         backbone = _BACKBONES.get(name)(**kwargs)

@@ -28,9 +28,11 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="skip and record unreadable images"
     )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handler(args: argparse.Namespace) -> int:
+        set_threads(args.threads)
         from alfm.extract import extract_features
         from alfm.store import open_store
 
@@ -135,19 +137,64 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handler)
 
 
+def add_advance(sub: argparse._SubParsersAction) -> None:
+    """``alfm advance RUNS --state DIR... --out FILE...``: one AL job of the workflow."""
+    parser = sub.add_parser(
+        "advance",
+        help="advance runs in their state folders and publish their records (one workflow job)",
+        description="Advance each run (a RunConfig as JSON; budget.evaluations is the round to "
+        "stop at) in its state folder, resuming what an earlier job left there, then copy its "
+        "records to OUT and its indices to OUT.indices.npz.",
+    )
+    parser.add_argument(
+        "runs", help="a JSON list of run configs (or one object), or a file holding it"
+    )
+    parser.add_argument("--state", nargs="+", required=True, help="state folder of each run")
+    parser.add_argument("--out", nargs="+", required=True, help="records Parquet of each run")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def handler(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from alfm.pipeline import advance_and_publish
+
+        text = args.runs if args.runs.lstrip()[:1] in ("[", "{") else Path(args.runs).read_text()
+        runs = json.loads(text)
+        runs = [runs] if isinstance(runs, dict) else runs
+        set_threads(args.threads)
+        advance_and_publish(runs, args.state, args.out, progress=not args.quiet)
+        for out in args.out:
+            print(out)
+        return 0
+
+    parser.set_defaults(handler=handler)
+
+
 def add_aggregate(sub: argparse._SubParsersAction) -> None:
-    """``alfm aggregate RUNS... --out DIR``: the tidy table, statistics tables, markdown summary."""
+    """``alfm aggregate RESULTS_DIR|RUNS... --out DIR``: the tidy table, statistics tables,
+    markdown summary."""
     parser = sub.add_parser(
         "aggregate", help="combine run Parquets into tables (CSV, Parquet) and a markdown summary"
     )
-    parser.add_argument("runs", nargs="+", help="run result Parquet files")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="run result Parquet files, or a workflow results folder (each run's final file)",
+    )
     parser.add_argument("--out", required=True, help="output directory for the tables")
     parser.add_argument("--metric", default="accuracy", help="metric for curves and AUC")
 
     def handler(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from alfm.pipeline import final_run_files
         from alfm.results import aggregate
 
-        for path in aggregate(args.runs, args.out, metric=args.metric):
+        paths = [
+            p for arg in args.runs for p in (final_run_files(arg) if Path(arg).is_dir() else [arg])
+        ]
+        for path in aggregate(paths, args.out, metric=args.metric):
             print(path)
         return 0
 
@@ -398,10 +445,20 @@ def _import_summary(source: str, result: Any) -> str:
     )
 
 
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` when given (torch is imported only then)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_extract, add_run, add_aggregate, add_plot, add_list, add_label):
+    for add in (add_extract, add_run, add_advance, add_aggregate, add_plot, add_list, add_label):
         add(sub)
     return parser
 

@@ -8,7 +8,6 @@ channels_last and bf16 autocast; on the CPU: fp32.
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,18 +21,16 @@ from tqdm.auto import tqdm
 from alfm.backbones import Backbone, ImageTransform, create_backbone
 from alfm.datasets import BadImageError, create_dataset
 from alfm.devices import resolve_device
+from alfm.pipeline import path_name
 from alfm.store import DEFAULT_CHUNK_ROWS, SKIPPED_LABEL, SPLITS, StoreWriter
 
 DEFAULT_BATCH_SIZE = 128
 
 
 def default_store_path(model: str, dataset: str, base: str | Path = "results/features") -> Path:
-    """``<base>/<model>/<dataset>.zarr``, with characters unsafe in file names replaced."""
-
-    def safe(name: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-    return Path(base) / safe(model) / f"{safe(dataset)}.zarr"
+    """``<base>/<model>/<dataset>.zarr`` with the names' :func:`alfm.pipeline.path_name`, where
+    the workflow keeps the store."""
+    return Path(base) / path_name(model) / f"{path_name(dataset)}.zarr"
 
 
 def default_workers() -> int:

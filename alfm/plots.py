@@ -8,7 +8,6 @@ list. Incomplete arms (fewer seeds or truncated runs) are drawn dashed or hatche
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,14 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from alfm.results import (  # noqa: E402
-    TABLE_NAMES,
-    combine_runs,
-    compute_tables,
-    load_runs,
-    paired_tests,
-    write_tables,
-)
+from alfm.results import compute_tables, paired_tests  # noqa: E402
 
 FIGURE_NAMES = ("learning_curves", "auc_heatmap", "query_time", "dropquery_summary")
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
@@ -356,29 +348,3 @@ def write_figures(
             written.append(path)
         plt.close(fig)
     return written
-
-
-def aggregate_paths(results_dir: str | Path) -> list[str]:
-    """Every table and figure (PNG and PDF) the workflow's aggregation builds under
-    ``results_dir``: ``tables/runs.parquet``, ``tables/<TABLE_NAMES>``, ``figures/<name>.<ext>``."""
-    root = str(results_dir).rstrip("/")
-    tables = [f"{root}/tables/runs.parquet"] + [f"{root}/tables/{n}" for n in TABLE_NAMES]
-    figures = [f"{root}/figures/{n}.{ext}" for n in FIGURE_NAMES for ext in ("png", "pdf")]
-    return tables + figures
-
-
-def aggregation_step(step: str, inputs: Sequence[str | Path], output: str | Path, log: str) -> None:
-    """One aggregation job of the Snakemake workflow, its stderr (progress, warnings) into ``log``.
-
-    ``combine_runs``: run files → the tidy table ``output``; ``statistics`` / ``plot_figures``:
-    the tidy table → every table / figure in ``output``'s directory.
-    """
-    steps = {
-        "combine_runs": lambda: combine_runs(inputs, output),
-        "statistics": lambda: write_tables(load_runs(inputs), Path(output).parent),
-        "plot_figures": lambda: write_figures(load_runs(inputs), Path(output).parent),
-    }
-    if step not in steps:
-        raise ValueError(f"unknown aggregation step {step!r}; known: {', '.join(steps)}")
-    with open(log, "w") as stream, contextlib.redirect_stderr(stream):
-        steps[step]()

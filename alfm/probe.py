@@ -1,6 +1,6 @@
 """The per-round classifier: input dropout → BatchNorm1d(affine=False) → linear, trained full-batch.
 
-Matches the DropQuery reference (STRATEGIES.md): AdamW, cross-entropy, early stop on the training
+Matches the DropQuery paper's reference code: AdamW, cross-entropy, early stop on the training
 loss, best weights kept. All randomness (initialization, dropout masks, batch order) comes from an
 explicit generator, so a run is reproducible on CPU.
 """

@@ -18,12 +18,18 @@ class Registry(Generic[T]):
     """A mapping from names to components with helpful errors for unknown names.
 
     Names of the form ``package.module:Attribute`` are imported on lookup, so users can plug in
-    their own components from config without editing alfm.
+    their own components from config without editing alfm. ``prefixes`` declares name families
+    that the owning module builds itself (``timm:<name>``): :meth:`split_prefix` parses them and
+    :meth:`check` accepts them.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, prefixes: tuple[str, ...] = ()) -> None:
+        if kind in _REGISTRIES:
+            raise ValueError(f"a {kind} registry exists already")
         self.kind = kind
+        self.prefixes = prefixes
         self._entries: dict[str, T] = {}
+        _REGISTRIES[kind] = self
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering ``obj`` under ``name``; a name can be registered once."""
@@ -47,6 +53,23 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def split_prefix(self, name: str) -> tuple[str | None, str]:
+        """``(prefix, rest)`` for a name of a declared prefix (``"timm:vit_b"`` → ``("timm:",
+        "vit_b")``), else ``(None, name)``."""
+        for prefix in self.prefixes:
+            if name.startswith(prefix):
+                return prefix, name.removeprefix(prefix)
+        return None, name
+
+    def check(self, name: str) -> None:
+        """Raise :class:`UnknownNameError` unless ``name`` resolves: a registered name, a declared
+        prefix followed by a name, or an importable ``package.module:Attribute``."""
+        prefix, rest = self.split_prefix(name)
+        if prefix is None:
+            self.get(name)
+        elif not rest:
+            raise UnknownNameError(f"{self.kind} {name!r} names nothing after {prefix!r}")
+
     def get(self, name: str) -> T:
         """The component registered as ``name`` or imported from ``module:attr``."""
         if name in self._entries:
@@ -55,10 +78,22 @@ class Registry(Generic[T]):
             return import_dotted(name, self.kind)
         hint = difflib.get_close_matches(name, self._entries, n=1)
         suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+        families = "".join(f"{prefix}<name>, " for prefix in self.prefixes)
         raise UnknownNameError(
             f"unknown {self.kind} {name!r}.{suggestion} Known {self.kind}s: "
-            f"{', '.join(self.names())} (or a dotted path 'package.module:Name')"
+            f"{', '.join(self.names())} (or {families}a dotted path 'package.module:Name')"
         )
+
+
+_REGISTRIES: dict[str, Registry] = {}
+
+
+def registry(kind: str) -> Registry:
+    """The registry of ``kind`` (``"backbone"``, ``"dataset"``, ``"strategy"``), once the module
+    that creates it is imported."""
+    if kind not in _REGISTRIES:
+        raise KeyError(f"no {kind} registry; known kinds: {', '.join(sorted(_REGISTRIES))}")
+    return _REGISTRIES[kind]
 
 
 def import_dotted(path: str, kind: str = "object") -> object:

@@ -34,8 +34,6 @@ from tqdm.auto import tqdm
 
 from alfm.records import METRIC_COLUMNS, RECORD_COLUMNS
 
-METRICS = METRIC_COLUMNS
-RUN_COLUMNS = RECORD_COLUMNS
 ID_COLUMNS = ("model", "dataset", "arm", "strategy", "init", "params")
 RUN_KEYS = ("model", "dataset", "arm", "seed")
 BASELINE = "random"
@@ -61,28 +59,15 @@ def _run_metadata(table: pa.Table) -> dict:
     return json.loads(raw) if raw else {}
 
 
-def _expected_evaluations(meta: dict) -> float:
-    """``budget.evaluations`` of a run config (also accepted at the top level), else NaN."""
-    for source in (meta.get("config", {}), meta):
-        budget = source.get("budget") if isinstance(source, dict) else None
-        if isinstance(budget, dict) and budget.get("evaluations") is not None:
-            return float(budget["evaluations"])
-        if isinstance(source, dict) and source.get("evaluations") is not None:
-            return float(source["evaluations"])
-    return float("nan")
+def _expected_evaluations(config: dict) -> float:
+    """``budget.evaluations`` of a run config, else NaN."""
+    evaluations = (config.get("budget") or {}).get("evaluations")
+    return float("nan") if evaluations is None else float(evaluations)
 
 
-def _run_label(meta: dict) -> str | None:
-    """A user-given label for the run's strategy entry, if its config carries one."""
-    for source in (meta.get("config", {}), meta):
-        if isinstance(source, dict) and isinstance(source.get("label"), str):
-            return source["label"]
-    return None
-
-
-def _strategy_params(meta: dict) -> str:
+def _strategy_params(config: dict) -> str:
     """The run's ``strategy_params`` as a compact ``(k=v,...)`` string, empty when none."""
-    params = meta.get("config", meta).get("strategy_params") or {}
+    params = config.get("strategy_params") or {}
     if not params:
         return ""
     return "(" + ",".join(f"{k}={params[k]}" for k in sorted(params)) + ")"
@@ -94,16 +79,17 @@ def _read_run(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise FileNotFoundError(f"run result {path} does not exist")
     table = pq.read_table(path)
-    missing = [c for c in RUN_COLUMNS if c not in table.column_names]
+    missing = [c for c in RECORD_COLUMNS if c not in table.column_names]
     if missing:
         raise ValueError(f"run result {path} lacks columns {missing}")
     if "expected_rounds" not in table.column_names:  # not an already combined table
-        meta = _run_metadata(table)
+        config = _run_metadata(table).get("config", {})
+        label = config.get("label") if isinstance(config.get("label"), str) else None
         n = table.num_rows
         columns = {
-            "expected_rounds": pa.array([_expected_evaluations(meta)] * n, pa.float64()),
-            "label": pa.array([_run_label(meta)] * n, pa.string()),
-            "params": pa.array([_strategy_params(meta)] * n, pa.string()),
+            "expected_rounds": pa.array([_expected_evaluations(config)] * n, pa.float64()),
+            "label": pa.array([label] * n, pa.string()),
+            "params": pa.array([_strategy_params(config)] * n, pa.string()),
             "source": pa.array([str(path)] * n, pa.string()),
         }
         for name, column in columns.items():
@@ -125,38 +111,14 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
     if "arm" not in runs.columns or runs["arm"].isna().any():
         runs["arm"] = _arms(runs)
     key = ["model", "dataset", "arm", "seed", "round"]
-    runs = _drop_prefix_files(runs)
     dup = runs.duplicated(key, keep=False)
     if dup.any():
         row = runs.loc[dup].iloc[0]
         clash = runs[dup & (runs[list(RUN_KEYS)] == row[list(RUN_KEYS)]).all(axis=1)]
         run = ", ".join(f"{k}={row[k]}" for k in RUN_KEYS)
         files = ", ".join(sorted(set(clash["source"].astype(str))))
-        raise ValueError(f"run {run} appears in several files with different results: {files}")
+        raise ValueError(f"run {run} appears in several files (give each run once): {files}")
     return _add_completeness(runs.sort_values(key, ignore_index=True))
-
-
-def _drop_prefix_files(runs: pd.DataFrame) -> pd.DataFrame:
-    """Drop files that hold an earlier stage of a run also given in full (the workflow's
-    ``upto{round}`` files): same run, its rounds a prefix of the longest file's, same metrics."""
-    if "source" not in runs.columns or runs["source"].isna().all():
-        return runs
-    several = runs.groupby(list(RUN_KEYS))["source"].transform("nunique") > 1
-    if not several.any():
-        return runs
-    keep = [runs[~several]]
-    for _, run in runs[several].groupby(list(RUN_KEYS), sort=False):
-        sources = run.groupby("source", sort=False)
-        longest = run[run["source"] == sources.size().idxmax()].set_index("round")
-        others = run[run["source"] != longest["source"].iloc[0]].set_index("round")
-        shared = others.index.isin(longest.index)
-        same = shared.all() and np.array_equal(
-            others[list(METRICS)].to_numpy(),
-            longest.loc[others.index, list(METRICS)].to_numpy(),
-            equal_nan=True,
-        )
-        keep.append(longest.reset_index() if same else run)
-    return pd.concat(keep, ignore_index=True)
 
 
 def _arms(runs: pd.DataFrame) -> pd.Series:
@@ -554,8 +516,8 @@ def completeness(runs: pd.DataFrame) -> pd.DataFrame:
 
 def compute_tables(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, pd.DataFrame]:
     """Every statistics table for a tidy run table, keyed by its file stem (see TABLE_NAMES)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRICS)}")
+    if metric not in METRIC_COLUMNS:
+        raise ValueError(f"unknown metric {metric!r}; known metrics: {', '.join(METRIC_COLUMNS)}")
     auc_runs = run_auc(runs, metric)
     complete_table = completeness(runs)
     auc = auc_summary(auc_runs, complete_table)

@@ -1,12 +1,14 @@
-"""Workflow overhead: the default grid through Snakemake vs in-process, and DAG build times.
+"""Workflow overhead: the default grid through Snakemake vs in-process, per-job overhead, DAG times.
 
-    python bench/workflow.py grid [--cores N] [--seeds 1 10 100]  default grid: Snakemake vs alfm
-    python bench/workflow.py dryrun                                paper grid dry runs (rpj null, 1)
+    python bench/workflow.py grid [--cores N] [--seeds 1 10 100] [--one-job-per-run]
+    python bench/workflow.py overhead     what one AL job costs beyond its rounds (median of 3)
+    python bench/workflow.py dryrun       paper grid dry runs (rounds_per_job null, 1)
 
 `grid` uses the default feature store (results/features/mobilenet_v2/animal_mnist.zarr, extracted
-first when missing), runs every strategy of config/experiments.yaml x the seeds once in this
-process (run_active_learning, one after the other) and once through `snakemake runs --cores N`
-in a fresh results folder, and prints both wall times and their ratio (goal <= 1.3).
+first when missing), runs every run of the default grid (alfm.pipeline.Grid, as the workflow
+expands it) once in this process (run_active_learning, one after the other) and once through
+`snakemake runs --cores N` in a fresh results folder, and prints both wall times, their ratio
+(goal <= 1.3) and the load average.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,42 +44,47 @@ def snakemake(workdir: Path, config: Path, *args: str) -> float:
     return seconds
 
 
-def grid_configs(experiments: dict, store: Path, seeds: list[int]) -> list[dict]:
-    """The RunConfig dicts of the default grid, as the workflow builds them."""
-    configs = []
-    for entry in experiments["strategies"]:
-        entry = {"name": entry} if isinstance(entry, str) else entry
-        init = entry.get("init") or experiments["init"]
-        for seed in seeds:
-            configs.append(
-                {
-                    "features": str(store),
-                    "strategy": entry["name"],
-                    "strategy_params": entry.get("params", {}),
-                    "init": init["name"],
-                    "init_params": init.get("params", {}),
-                    "seed": seed,
-                    "budget": experiments["budget"],
-                    "probe": experiments["probe"],
-                    "device": experiments["device"],
-                }
-            )
-    return configs
+def workflow_config(**overrides) -> dict:
+    """The repository's config with `overrides`, validated and defaulted as the workflow does."""
+    from snakemake.utils import validate
+
+    config = {}
+    for name in ("config.yaml", "experiments.yaml"):
+        config.update(yaml.safe_load((REPO / "config" / name).read_text()))
+    config.update(overrides)
+    schemas = REPO / "workflow" / "schemas"
+    paths = {k: config[k] for k in ("data_root", "model_dir", "results", "features")}
+    validate(paths, str(schemas / "config.schema.yaml"))
+    validate(config, str(schemas / "experiments.schema.yaml"))
+    return config
 
 
-def bench_grid(cores: int, seeds: list[int] | None) -> dict:
-    from alfm.run import run_active_learning
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
-    experiments = yaml.safe_load((REPO / "config" / "experiments.yaml").read_text())
-    seeds = seeds or experiments["seeds"]
-    model, dataset = experiments["models"][0], experiments["datasets"][0]
-    store = FEATURES / model / f"{dataset}.zarr"
+
+def default_grid(**overrides) -> tuple:
+    """The default grid on the default store (extracted first when missing), and that store."""
+    from alfm.pipeline import Grid
+
+    grid = Grid.from_config(workflow_config(features=str(FEATURES), **overrides))
+    model, dataset = next(iter(grid.models)), next(iter(grid.datasets))
+    store = Path(grid.store_path(model, dataset))
     if not store.exists():
         from alfm.extract import extract_features
 
-        extract_features(model, dataset, store)
-    configs = grid_configs(experiments, store, seeds)
+        extract_features(grid.models[model], grid.datasets[dataset], store)
+    return grid, model, dataset
 
+
+def bench_grid(cores: int, seeds: list[int] | None, one_job_per_run: bool) -> dict:
+    from alfm.run import run_active_learning
+
+    overrides = {"one_job_per_run": one_job_per_run, **({"seeds": seeds} if seeds else {})}
+    grid, _, _ = default_grid(**overrides)
+    configs = [grid.run_config(*run, grid.evaluations) for run in grid.runs()]
+
+    load_before = load()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         start = time.perf_counter()
@@ -85,15 +93,51 @@ def bench_grid(cores: int, seeds: list[int] | None) -> dict:
         in_process = time.perf_counter() - start
 
         config_file = tmp / "grid.yaml"
-        config_file.write_text(yaml.safe_dump({"features": str(FEATURES), "seeds": seeds}))
+        config_file.write_text(
+            yaml.safe_dump({"features": str(FEATURES), "seeds": grid.seeds, **overrides})
+        )
         workflow = snakemake(tmp / "workflow", config_file, "--cores", str(cores), "runs")
     return {
         "runs": len(configs),
         "cores": cores,
+        "one_job_per_run": one_job_per_run,
         "in_process_s": round(in_process, 1),
         "snakemake_s": round(workflow, 1),
         "ratio": round(workflow / in_process, 3),
+        "load_before": load_before,
+        "load_after": load(),
     }
+
+
+def bench_overhead(repeats: int = 3) -> dict:
+    """Median wall seconds of: a bare interpreter, `import torch`, the run engine's imports, and
+    an `alfm advance` job of a finished run of the default store (process start, imports, store
+    open, checkpoint load, publishing: everything a job costs beyond computing rounds)."""
+
+    def median_seconds(command: list[str]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        return round(statistics.median(times), 2)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        grid, model, dataset = default_grid(results=tmp, budget={"evaluations": 2})
+        job = [
+            "alfm", "advance", grid.job_runs(model, dataset, "random", [1], 2),
+            "--state", grid.state_dir(model, dataset, "random", 1),
+            "--out", grid.run_path(model, dataset, "random", 1, 2), "--threads", "1", "--quiet",
+        ]  # fmt: skip
+        subprocess.run(job, check=True, capture_output=True)  # computes the run once
+        python = [sys.executable, "-c"]
+        return {
+            "python_s": median_seconds([*python, "pass"]),
+            "import_torch_s": median_seconds([*python, "import torch"]),
+            "import_engine_s": median_seconds([*python, "import alfm.run, alfm.strategies"]),
+            "finished_job_s": median_seconds(job),
+            "load": load(),
+        }
 
 
 def bench_dryrun() -> dict:
@@ -116,10 +160,15 @@ def main() -> None:
     grid = sub.add_parser("grid")
     grid.add_argument("--cores", type=int, default=os.cpu_count())
     grid.add_argument("--seeds", type=int, nargs="+")
+    grid.add_argument("--one-job-per-run", action="store_true")
+    sub.add_parser("overhead")
     sub.add_parser("dryrun")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    result = bench_grid(args.cores, args.seeds) if args.what == "grid" else bench_dryrun()
+    if args.what == "grid":
+        result = bench_grid(args.cores, args.seeds, args.one_job_per_run)
+    else:
+        result = bench_overhead() if args.what == "overhead" else bench_dryrun()
     print(json.dumps(result, indent=2))
 
 

@@ -153,7 +153,7 @@ def test_snakemake_rules_build_tables_figures_and_report(tmp_path: Path) -> None
         '    return sorted(glob.glob("runs/*.parquet"))\n'
         f'include: "{REPO}/workflow/rules/aggregate.smk"\n'
         "rule all:\n"
-        "    input: aggregate_targets()\n"
+        "    input: aggregate_targets(RESULTS)\n"
     )
     cmd = [sys.executable, "-m", "snakemake", "--cores", "1"]
     done = subprocess.run([*cmd, "figures"], cwd=tmp_path, capture_output=True, text=True)
@@ -168,18 +168,3 @@ def test_snakemake_rules_build_tables_figures_and_report(tmp_path: Path) -> None
     html = (tmp_path / "report.html").read_text()
     assert "Learning curves: mean test accuracy" in html  # a caption
     assert "Active learning on cached foundation-model features" in html  # the description
-
-
-def test_aggregation_steps_write_every_workflow_target(tmp_path: Path) -> None:
-    runs = [str(write_run(tmp_path / f"r{s}.parquet", [0.2, 0.4], seed=s)) for s in (1, 2)]
-    root = tmp_path / "res"
-    targets = [Path(p) for p in plots.aggregate_paths(root)]
-    combined = root / "tables" / "runs.parquet"
-    log = str(tmp_path / "step.log")
-    plots.aggregation_step("combine_runs", runs, combined, log)
-    plots.aggregation_step("statistics", [combined], root / "tables" / "curves.csv", log)
-    plots.aggregation_step("plot_figures", [combined], root / "figures" / "x.png", log)
-    assert sorted(p for p in root.rglob("*") if p.is_file()) == sorted(targets)
-    assert len(targets) == 1 + len(results.TABLE_NAMES) + 2 * len(plots.FIGURE_NAMES)
-    with pytest.raises(ValueError, match="unknown aggregation step 'plot'"):
-        plots.aggregation_step("plot", [combined], root, log)

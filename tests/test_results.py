@@ -268,12 +268,11 @@ def test_load_runs_errors_name_the_culprit(tmp_path: Path) -> None:
         results.load_runs([one, other])
 
 
-def test_earlier_stage_of_a_run_is_dropped(tmp_path: Path) -> None:
+def test_earlier_stage_of_a_run_given_too_is_an_error(tmp_path: Path) -> None:
     full = write_run(tmp_path / "upto4.parquet", [0.1, 0.2, 0.3, 0.4])
     early = write_run(tmp_path / "upto2.parquet", [0.1, 0.2], evaluations=4)
-    runs = results.load_runs([early, full])
-    assert list(runs["round"]) == [1, 2, 3, 4] and set(runs["source"]) == {str(full)}
-    assert runs["run_complete"].all()
+    with pytest.raises(ValueError, match="seed=1 appears in several files .*upto2.parquet"):
+        results.load_runs([early, full])
 
 
 def test_expected_rounds_from_metadata(tmp_path: Path) -> None:
@@ -300,6 +299,24 @@ def test_cli_aggregate_and_combined_round_trip(tmp_path: Path) -> None:
         results.load_inputs([tmp_path])
     with pytest.raises(ValueError, match="unknown metric 'acc'; known metrics: accuracy"):
         results.compute_tables(again, metric="acc")
+
+
+def test_cli_aggregate_of_a_results_folder_takes_each_runs_final_file(tmp_path: Path) -> None:
+    runs = tmp_path / "results" / "runs" / "m" / "d"
+    for seed in (1, 2):
+        folder = runs / "random" / f"seed{seed}"
+        write_run(folder / "upto2.parquet", [0.1, 0.2], seed=seed, evaluations=3)
+        write_run(folder / "upto3.parquet", [0.1, 0.2, 0.3], seed=seed)
+    parser = argparse.ArgumentParser()
+    add_aggregate(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "tables"
+    args = parser.parse_args(["aggregate", str(tmp_path / "results"), "--out", str(out)])
+    assert args.handler(args) == 0
+    table = pd.read_parquet(out / "runs.parquet")
+    assert sorted(set(table["source"])) == [
+        str(runs / "random" / f"seed{seed}" / "upto3.parquet") for seed in (1, 2)
+    ]
+    assert table["run_complete"].all() and len(table) == 6
 
 
 def test_baseline_paired_by_init_and_ambiguity_warned(tmp_path: Path) -> None:

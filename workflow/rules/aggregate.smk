@@ -1,47 +1,36 @@
-# Aggregation stage: run Parquets -> one tidy table -> statistics tables -> figures (+ HTML report).
-# Uses RESULTS and run_result_paths() from common.smk. All rules here are cheap and run locally.
-# `snakemake figures --forcerun combine_runs` regenerates every table and figure from the runs that
+# Aggregation: every run's final Parquet -> the tidy table, statistics tables and summary
+# (`aggregate`) -> figures (`plot_figures`, + the HTML report). Uses RESULTS and
+# run_result_paths() from common.smk. Both rules are cheap and run locally.
+# `snakemake figures --forcerun aggregate` regenerates every table and figure from the runs that
 # exist, without recomputing any run; `snakemake --report report.html` then builds the report.
 
-from functools import partial
+from pathlib import Path
 
-from alfm.plots import FIGURE_NAMES, aggregate_paths, aggregation_step
-from alfm.results import TABLE_NAMES
-
-# Every table and figure that `rule all` must build.
-aggregate_targets = partial(aggregate_paths, RESULTS)
+from alfm.pipeline import aggregate_targets, figure_paths, statistics_paths
 
 
 report: "../report/workflow.rst"
 
 
 localrules:
-    combine_runs,
-    statistics,
+    aggregate,
     plot_figures,
     figures,
 
 
-rule combine_runs:
+# A script, not `alfm aggregate`: a large grid's run list does not fit on one command line.
+rule aggregate:
     input:
         run_result_paths(),
     output:
-        f"{RESULTS}/tables/runs.parquet",
+        table=f"{RESULTS}/tables/runs.parquet",
+        statistics=statistics_paths(RESULTS),
     log:
-        f"{RESULTS}/logs/aggregate/combine_runs.log",
-    run:
-        aggregation_step("combine_runs", input, output[0], log[0])
-
-
-rule statistics:
-    input:
-        f"{RESULTS}/tables/runs.parquet",
-    output:
-        [f"{RESULTS}/tables/{name}" for name in TABLE_NAMES],
-    log:
-        f"{RESULTS}/logs/aggregate/statistics.log",
-    run:
-        aggregation_step("statistics", input, output[0], log[0])
+        f"{RESULTS}/logs/aggregate/aggregate.log",
+    conda:
+        "../envs/alfm.yaml"
+    script:
+        "../scripts/aggregate.py"
 
 
 rule plot_figures:
@@ -50,19 +39,21 @@ rule plot_figures:
     output:
         [
             report(
-                f"{RESULTS}/figures/{name}.png",
-                caption=f"../report/{name}.rst",
-                category="Figures",
+                path, caption=f"../report/{Path(path).stem}.rst", category="Figures"
             )
-            for name in FIGURE_NAMES
+            for path in figure_paths(RESULTS, "png")
         ],
-        [f"{RESULTS}/figures/{name}.pdf" for name in FIGURE_NAMES],
+        figure_paths(RESULTS, "pdf"),
     log:
         f"{RESULTS}/logs/aggregate/plot_figures.log",
-    run:
-        aggregation_step("plot_figures", input, output[0], log[0])
+    conda:
+        "../envs/alfm.yaml"
+    params:
+        out=lambda wildcards, output: Path(output[0]).parent,
+    shell:
+        "alfm plot {input:q} --out {params.out:q} > {log:q} 2>&1"
 
 
 rule figures:
     input:
-        aggregate_targets(),
+        aggregate_targets(RESULTS),

@@ -9,9 +9,13 @@ rule extract_features:
         f"{RESULTS}/logs/extract/{{model}}/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/extract/{{model}}/{{dataset}}.tsv"
-    threads: 4
     wildcard_constraints:
         model="[^/]+",
         dataset="[^/]+",
-    run:
-        extract_store(wildcards, output, log, threads)
+    conda:
+        "../envs/alfm.yaml"
+    threads: 4
+    params:
+        arguments=extract_arguments,
+    shell:
+        "alfm extract {params.arguments} --out {output:q} --threads {threads} > {log:q} 2>&1"

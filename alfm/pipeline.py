@@ -1,0 +1,379 @@
+"""What the Snakemake workflow needs from the library, importable without Snakemake.
+
+The grid (models × datasets × arms × seeds) expanded from the validated experiments config, the
+one :func:`path_name`, the registry name checks, the rounds each job stops at, the file layout
+under the results folder, the state key of a run, advance-and-publish (what one AL job does) and
+the aggregation targets. ``workflow/rules/*.smk`` keep config loading, validation, input functions
+and rules that call the ``alfm`` command line.
+
+Layout under ``results`` (config key ``results``; :data:`RUN_FILE` and :data:`STATE_DIR`):
+
+- ``features/{model}/{dataset}.zarr``: the feature store (config key ``features`` moves it);
+- ``runs/{model}/{dataset}/{arm}/seed{seed}/upto{round}.parquet`` (+ ``.indices.npz``): rounds
+  1..round of a run, one pair per job that advanced it;
+- ``state/{model}/{dataset}/{arm}/seed{seed}/{key}/run.parquet`` (+ ``.ckpt``,
+  ``.indices.npz``): the run's resumable state, outside every declared output; ``{key}`` is
+  :func:`state_key`, so extending a grid or changing ``rounds_per_job`` continues a run, while
+  changing one of its parameters starts a fresh state;
+- ``tables/``, ``figures/``: :func:`aggregate_targets`; ``logs/``, ``benchmarks/``: one log
+  per job, extraction timings.
+
+Imports of torch and the run engine wait for the functions that need them, so the workflow's
+parse and ``alfm aggregate`` do not pay for them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PATH_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
+RUN_DIR = "runs/{model}/{dataset}/{arm}/seed{seed}"
+RUN_FILE = RUN_DIR + "/upto{round}.parquet"
+STATE_DIR = "state/{model}/{dataset}/{arm}/seed{seed}"
+INDICES_SUFFIX = ".indices.npz"
+_RUN_FILE_NAME = re.compile(r"upto(\d+)\.parquet")
+#: Keys of the config's ``extract`` mapping and the ``alfm extract`` flag each one sets.
+EXTRACT_FLAGS = {
+    "batch_size": "--batch-size",
+    "num_workers": "--workers",
+    "dtype": "--dtype",
+    "device": "--device",
+    "image_size": "--image-size",
+}
+
+
+class ConfigError(ValueError):
+    """A config error; the message names the config key."""
+
+
+def path_name(name: str) -> str:
+    """``name`` as one path component: runs of characters other than letters, digits and
+    ``_ . + -`` become ``_`` (``timm:``, ``open_clip:`` and dotted names hold ``:`` or ``/``)."""
+    return PATH_UNSAFE.sub("_", name).strip("_")
+
+
+def unique_path_names(key: str, names: Sequence[str]) -> dict[str, str]:
+    """Path name → name for the names of config key ``key``; two names sharing a path name are
+    an error."""
+    mapping: dict[str, str] = {}
+    for name in names:
+        short = path_name(name)
+        if short in mapping:
+            raise ConfigError(
+                f"config key {key!r}: {mapping[short]!r} and {name!r} share the path name "
+                f"{short!r}; rename one"
+            )
+        mapping[short] = name
+    return mapping
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One compared arm of the grid: a strategy entry of the config with its initial pool.
+
+    ``label`` names it in paths and tables; ``init``/``init_params`` are the entry's own initial
+    pool or the config's shared one.
+    """
+
+    label: str
+    strategy: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    init: str = "random"
+    init_params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def strategy_entries(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``config['strategies']`` with every bare name written as ``{"name": name}``."""
+    return [{"name": e} if isinstance(e, str) else dict(e) for e in config["strategies"]]
+
+
+def expand_arms(config: Mapping[str, Any]) -> dict[str, Arm]:
+    """Label → :class:`Arm` for every strategy entry; a label used twice is an error."""
+    arms: dict[str, Arm] = {}
+    for i, entry in enumerate(strategy_entries(config)):
+        init = entry.get("init") or config["init"]
+        arm = Arm(
+            label=entry.get("label") or path_name(entry["name"]),
+            strategy=entry["name"],
+            params=entry.get("params", {}),
+            init=init["name"],
+            init_params=init.get("params", {}),
+        )
+        if arm.label in arms:
+            raise ConfigError(
+                f"config key 'strategies[{i}]': label {arm.label!r} is used twice; give the "
+                "entries distinct 'label's"
+            )
+        arms[arm.label] = arm
+    return arms
+
+
+def check_names(config: Mapping[str, Any]) -> None:
+    """Every model, dataset and strategy name of the config resolves in alfm's registries
+    (:meth:`alfm.registry.Registry.check`); else a :class:`ConfigError` naming the key."""
+    # The registries live in modules that import torch: loaded here, not when this one is.
+    import alfm.backbones  # noqa: F401
+    import alfm.datasets  # noqa: F401
+    import alfm.strategies  # noqa: F401
+    from alfm.registry import UnknownNameError, registry
+
+    checks = [(f"models[{i}]", "backbone", n) for i, n in enumerate(config["models"])]
+    checks += [(f"datasets[{i}]", "dataset", n) for i, n in enumerate(config["datasets"])]
+    checks.append(("init.name", "strategy", config["init"]["name"]))
+    for i, entry in enumerate(strategy_entries(config)):
+        checks.append((f"strategies[{i}].name", "strategy", entry["name"]))
+        if "init" in entry:
+            checks.append((f"strategies[{i}].init.name", "strategy", entry["init"]["name"]))
+    for key, kind, name in checks:
+        try:
+            registry(kind).check(name)
+        except UnknownNameError as err:
+            raise ConfigError(f"config key {key!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The experiment grid of a validated config (schema defaults filled in).
+
+    Model, dataset and arm arguments of the methods are path names (the keys of ``models``,
+    ``datasets``, ``arms``); any of them, a seed or a round may also be a wildcard such as
+    ``"{model}"``, which builds a file pattern for a rule.
+    """
+
+    config: Mapping[str, Any]
+    models: dict[str, str]
+    datasets: dict[str, str]
+    arms: dict[str, Arm]
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Grid:
+        return cls(
+            config=config,
+            models=unique_path_names("models", config["models"]),
+            datasets=unique_path_names("datasets", config["datasets"]),
+            arms=expand_arms(config),
+        )
+
+    @property
+    def results(self) -> str:
+        return str(self.config["results"]).rstrip("/")
+
+    @property
+    def features(self) -> str:
+        return str(self.config["features"] or f"{self.results}/features").rstrip("/")
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.config["seeds"])
+
+    @property
+    def evaluations(self) -> int:
+        return int(self.config["budget"]["evaluations"])
+
+    def runs(self) -> Iterator[tuple[str, str, str, int]]:
+        """Every run as (model, dataset, arm, seed)."""
+        for model in self.models:
+            for dataset in self.datasets:
+                for arm in self.arms:
+                    for seed in self.seeds:
+                        yield model, dataset, arm, seed
+
+    def job_rounds(self) -> list[int]:
+        """The round each job of a run advances to: every ``rounds_per_job``-th round and the
+        last one (only the last when ``rounds_per_job`` is null)."""
+        step = self.config["rounds_per_job"]
+        if step is None:
+            return [self.evaluations]
+        stops = range(step, self.evaluations + step, step)
+        return sorted({min(r, self.evaluations) for r in stops})
+
+    def previous_round(self, upto: int) -> int | None:
+        """The round the job before the one advancing to ``upto`` stops at (None: first job)."""
+        earlier = [r for r in self.job_rounds() if r < upto]
+        return earlier[-1] if earlier else None
+
+    def job_seeds(self, seed: int | str | None) -> list[int | str]:
+        """The seeds one AL job advances: its own with ``one_job_per_run``, else every seed."""
+        return [seed] if seed is not None else self.seeds
+
+    def store_path(self, model: str, dataset: str) -> str:
+        """The feature store of (model, dataset)."""
+        return f"{self.features}/{model}/{dataset}.zarr"
+
+    def run_path(self, model: str, dataset: str, arm: str, seed: int | str, upto: int | str) -> str:
+        """The Parquet holding rounds 1..upto of a run (its indices: + :data:`INDICES_SUFFIX`)."""
+        name = RUN_FILE.format(model=model, dataset=dataset, arm=arm, seed=seed, round=upto)
+        return f"{self.results}/{name}"
+
+    def state_dir(self, model: str, dataset: str, arm: str, seed: int | str) -> str:
+        """The folder of a run's resumable states (one sub-folder per :func:`state_key`)."""
+        name = STATE_DIR.format(model=model, dataset=dataset, arm=arm, seed=seed)
+        return f"{self.results}/{name}"
+
+    def final_run_paths(self) -> list[str]:
+        """Every run's final Parquet (all evaluations)."""
+        return [self.run_path(*run, self.evaluations) for run in self.runs()]
+
+    def job_outputs(self) -> list[str]:
+        """The records files of the AL rule as patterns over ``{model}``, ``{dataset}``,
+        ``{strategy}``, ``{round}`` (and ``{seed}`` with ``one_job_per_run``)."""
+        seed = "{seed}" if self.config["one_job_per_run"] else None
+        return [
+            self.run_path("{model}", "{dataset}", "{strategy}", s, "{round}")
+            for s in self.job_seeds(seed)
+        ]
+
+    def job_log(self) -> str:
+        """The log of one AL job, over the same wildcards as :meth:`job_outputs`."""
+        run = "seed{seed}/" if self.config["one_job_per_run"] else ""
+        job = f"{{model}}/{{dataset}}/{{strategy}}/{run}upto{{round}}"
+        return f"{self.results}/logs/active_learning/{job}.log"
+
+    def run_config(self, model: str, dataset: str, arm: str, seed: int, upto: int) -> dict:
+        """The :class:`alfm.run.RunConfig` dict of the job advancing a run to round ``upto``.
+
+        ``budget.evaluations`` is the job's own last round, so a job's parameters do not depend
+        on how far the grid goes (extending a grid leaves finished jobs untouched).
+        """
+        entry = self.arms[arm]
+        return {
+            "features": self.store_path(model, dataset),
+            "strategy": entry.strategy,
+            "strategy_params": dict(entry.params),
+            "init": entry.init,
+            "init_params": dict(entry.init_params),
+            "seed": int(seed),
+            "budget": {**self.config["budget"], "evaluations": int(upto)},
+            "probe": dict(self.config["probe"]),
+            "device": self.config["device"],
+            "tf32": self.config["tf32"],
+            "label": arm,
+        }
+
+    def job_inputs(
+        self, model: str, dataset: str, arm: str, seeds: Sequence[int | str], upto: int
+    ) -> dict[str, Any]:
+        """An AL job's inputs: the feature store and the previous job's records of each run."""
+        inputs: dict[str, Any] = {"features": self.store_path(model, dataset)}
+        before = self.previous_round(upto)
+        if before is not None:
+            inputs["previous"] = [self.run_path(model, dataset, arm, s, before) for s in seeds]
+        return inputs
+
+    def job_runs(
+        self, model: str, dataset: str, arm: str, seeds: Sequence[int | str], upto: int
+    ) -> str:
+        """The run configs of one AL job as JSON (what ``alfm advance`` reads)."""
+        configs = [self.run_config(model, dataset, arm, int(s), upto) for s in seeds]
+        return json.dumps(configs, sort_keys=True)
+
+    def extract_arguments(self, model: str, dataset: str) -> str:
+        """The ``alfm extract`` arguments of (model, dataset), shell-quoted: names, data root,
+        weights folder and the config's ``extract`` settings (null keys keep alfm's default)."""
+        name = self.datasets[dataset]
+        argv = ["--model", self.models[model], "--dataset", name]
+        if self.config["data_root"]:
+            argv += ["--root", f"{str(self.config['data_root']).rstrip('/')}/{name}"]
+        if self.config["model_dir"]:
+            argv += ["--model-dir", str(self.config["model_dir"])]
+        for key, value in self.config["extract"].items():
+            if value is not None:
+                argv += [EXTRACT_FLAGS[key], str(value)]
+        return shlex.join(argv)
+
+
+def statistics_paths(results: str | Path) -> list[str]:
+    """The statistics tables and summary under ``results``: ``tables/<TABLE_NAMES>``."""
+    from alfm.results import TABLE_NAMES
+
+    return [f"{str(results).rstrip('/')}/tables/{name}" for name in TABLE_NAMES]
+
+
+def figure_paths(results: str | Path, ext: str) -> list[str]:
+    """Every figure under ``results`` in one format: ``figures/<FIGURE_NAMES>.<ext>``."""
+    from alfm.plots import FIGURE_NAMES
+
+    return [f"{str(results).rstrip('/')}/figures/{name}.{ext}" for name in FIGURE_NAMES]
+
+
+def aggregate_targets(results: str | Path) -> list[str]:
+    """Everything the aggregation builds under ``results``: ``tables/runs.parquet``,
+    :func:`statistics_paths` and :func:`figure_paths` as PNG and PDF."""
+    combined = f"{str(results).rstrip('/')}/tables/runs.parquet"
+    figures = figure_paths(results, "png") + figure_paths(results, "pdf")
+    return [combined, *statistics_paths(results), *figures]
+
+
+def final_run_files(results: str | Path) -> list[Path]:
+    """Each run's final Parquet under a results folder: of the ``upto{round}`` files in a run's
+    folder (one per job that advanced it), the one with the most rounds."""
+    finals = []
+    every_run = RUN_DIR.format(model="*", dataset="*", arm="*", seed="*")
+    for folder in sorted(Path(results).glob(every_run)):
+        files = {int(m[1]): p for p in folder.iterdir() if (m := _RUN_FILE_NAME.fullmatch(p.name))}
+        if files:
+            finals.append(files[max(files)])
+    if not finals:
+        raise FileNotFoundError(f"{results} holds no run results ({RUN_FILE})")
+    return finals
+
+
+def state_key(run: Mapping[str, Any], store_attrs: Mapping[str, Any]) -> str:
+    """The folder name of a run's state: :func:`alfm.run.identity_key` of its
+    :func:`alfm.run.run_identity`."""
+    from alfm.run import RunConfig, identity_key, run_identity
+
+    return identity_key(run_identity(RunConfig.from_dict(run), store_attrs))
+
+
+def advance_and_publish(
+    runs: Sequence[Mapping[str, Any]],
+    state_dirs: Sequence[str | Path],
+    outs: Sequence[str | Path],
+    *,
+    progress: bool = True,
+) -> None:
+    """One AL job: advance each run to its ``budget.evaluations`` in its state folder (resuming
+    the state the job before left), then publish its records and indices to ``out`` and
+    ``out`` + :data:`INDICES_SUFFIX`, each atomically."""
+    if not len(runs) == len(state_dirs) == len(outs):
+        raise ValueError(
+            f"{len(runs)} runs, {len(state_dirs)} state folders and {len(outs)} outputs; "
+            "give one of each per run"
+        )
+    from alfm.run import run_active_learning
+    from alfm.store import open_store
+
+    attrs: dict[str, Mapping[str, Any]] = {}
+    for run, state_dir, out in zip(runs, state_dirs, outs, strict=True):
+        features = str(run["features"])
+        if features not in attrs:
+            attrs[features] = open_store(features).attrs
+        state = Path(state_dir) / state_key(run, attrs[features]) / "run.parquet"
+        run_active_learning(run, state, progress=progress)
+        out = Path(out)
+        _copy_atomic(
+            state.with_name(state.name + INDICES_SUFFIX), out.with_name(out.name + INDICES_SUFFIX)
+        )
+        _copy_atomic(state, out)
+
+
+def _copy_atomic(source: Path, target: Path) -> None:
+    """Copy ``source`` to ``target`` through a temporary file beside it, so ``target`` is never
+    seen half written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
