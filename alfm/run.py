@@ -55,6 +55,7 @@ import alfm
 from alfm.budget import BudgetConfig, checked_schedule
 from alfm.config import DEVICES, Config, check_known_keys, setting
 from alfm.devices import allow_tf32, resolve_device
+from alfm.pipeline import path_name
 from alfm.probe import Probe, ProbeConfig, train_probe
 from alfm.records import RECORD_COLUMNS
 from alfm.store import UNKNOWN_LABEL, SplitData, open_store, store_identity
@@ -438,7 +439,7 @@ def run_grid(
     frames = []
     configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(c) for c in configs]
     for config in tqdm(configs, desc="runs", unit="run", disable=not progress):
-        name = (config.label or config.strategy).replace(":", "_").replace("/", "_")
+        name = path_name(config.label or config.strategy)
         file = f"{name}_{config.init}_seed{config.seed}.parquet"
         out = Path(out_dir) / Path(config.features).stem / file
         frame = run_active_learning(config, out, progress=False)

@@ -240,14 +240,7 @@ def test_state_key_is_the_run_identity_and_changes_with_every_identity_field(sto
     assert pipeline.state_key(run, {**attrs, "created": "another time"}) != key
 
 
-PROBCOVER_RESUME = pytest.mark.xfail(
-    strict=True,
-    reason="ProbCover seeds its graph from the round that first builds it, until the engine's "
-    "Strategy.prepare (issue 10); remove this mark when that lands",
-)
-
-
-@pytest.mark.parametrize("arm", ["margins", pytest.param("probcover", marks=PROBCOVER_RESUME)])
+@pytest.mark.parametrize("arm", ["margins", "probcover"])
 def test_advance_and_publish_in_jobs_equals_one_uninterrupted_run(store, tmp_path, arm):
     grid = small_grid(store, tmp_path / "res", rounds_per_job=3)
     attrs = open_store(store).attrs
