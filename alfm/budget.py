@@ -7,26 +7,15 @@ schedule starts with the shorter one).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from alfm.config import Config, setting
 
 SCHEDULES = ("linear", "doubling")
 
 
-def check_known_keys(data: Mapping[str, Any], cls: type, what: str) -> None:
-    """Raise a ValueError naming ``data``'s keys that are not fields of the dataclass ``cls``."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown {what} key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-        )
-
-
 @dataclass(frozen=True)
-class BudgetConfig:
+class BudgetConfig(Config):
     """Labeling budget of a run.
 
     ``init_size``/``step_size`` (absolute counts) override ``init_per_class``/``step_per_class``
@@ -36,36 +25,23 @@ class BudgetConfig:
     rounds, the first on the initial pool, with no query after the last one.
     """
 
-    init_per_class: int = 1
-    step_per_class: int = 1
-    init_size: int | None = None
-    step_size: int | None = None
-    schedule: str = "linear"
-    evaluations: int = 20
+    section = "budget"
+    key_format = "budget.{}"
 
-    def __post_init__(self) -> None:
-        for name in ("init_per_class", "step_per_class", "evaluations"):
-            _check_positive_int(f"budget.{name}", getattr(self, name))
-        for name in ("init_size", "step_size"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_positive_int(f"budget.{name}", value)
-        if self.schedule not in SCHEDULES:
-            raise ValueError(
-                f"budget.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
-            )
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BudgetConfig:
-        """Build from a mapping with the field names as keys; unknown keys are an error."""
-        if not isinstance(data, dict):
-            raise ValueError(f"budget must be a mapping, got {type(data).__name__}")
-        check_known_keys(data, cls, "budget")
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-able dict."""
-        return dataclasses.asdict(self)
+    init_per_class: int = setting(1, minimum=1, help="initial pool per class")
+    step_per_class: int = setting(1, minimum=1, help="labels added per round, per class")
+    init_size: int | None = setting(
+        None, minimum=1, help="absolute initial pool (overrides init_per_class)"
+    )
+    step_size: int | None = setting(
+        None, minimum=1, help="absolute labels per round (overrides step_per_class)"
+    )
+    schedule: str = setting(
+        "linear", enum=SCHEDULES, help="linear (constant step) or doubling (labeled set doubles)"
+    )
+    evaluations: int = setting(
+        20, minimum=1, help="evaluation rounds, the first on the initial pool"
+    )
 
     def initial_size(self, num_classes: int) -> int:
         """Size of the initial labeled pool for ``num_classes`` classes."""

@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 
+from alfm.budget import BudgetConfig
+from alfm.config import DEVICES, add_arguments, parsed_arguments
+
 
 def add_extract(sub: argparse._SubParsersAction) -> None:
     """``alfm extract``: build (or resume) the feature store of one model on one dataset."""
@@ -79,42 +82,26 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--init", default="random", help="initial-pool strategy (default random)")
     parser.add_argument("--init-params", type=json_object, default={}, help="JSON object")
     parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument(
-        "--evaluations",
-        "--rounds",
-        type=int,
-        default=20,
-        help="evaluation rounds, the first on the initial pool (default 20)",
-    )
-    parser.add_argument("--init-per-class", type=int, default=1)
-    parser.add_argument("--step-per-class", type=int, default=1)
-    parser.add_argument("--init-size", type=int, help="absolute initial pool (overrides per-class)")
-    parser.add_argument("--step-size", type=int, help="absolute step (overrides per-class)")
-    parser.add_argument("--schedule", choices=["linear", "doubling"], default="linear")
+    budget = parser.add_argument_group("budget (BudgetConfig)")
+    add_arguments(budget, BudgetConfig, aliases={"evaluations": ["--rounds"]})
     parser.add_argument(
         "--probe",
         type=json_object,
         default={},
         help="probe settings as JSON, e.g. '{\"max_epochs\": 200}'",
     )
-    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA (faster)")
     parser.add_argument("--stop-round", type=int, help="advance the run only up to this round")
     parser.add_argument("--out", required=True, help="result Parquet file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handler(args: argparse.Namespace) -> int:
+        # Deferred on purpose: alfm.run imports torch, sklearn and pandas, which building the
+        # parser (and every other subcommand) does not need.
         from alfm.run import RunConfig, run_active_learning
         from alfm.store import IncompleteStoreError
 
-        budget_keys = (
-            "evaluations",
-            "init_per_class",
-            "step_per_class",
-            "init_size",
-            "step_size",
-            "schedule",
-        )
         config = RunConfig.from_dict(
             {
                 "features": args.features,
@@ -123,7 +110,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                 "init": args.init,
                 "init_params": args.init_params,
                 "seed": args.seed,
-                "budget": {key: getattr(args, key) for key in budget_keys},
+                "budget": parsed_arguments(args, BudgetConfig),
                 "probe": args.probe,
                 "device": args.device,
                 "tf32": args.tf32,

@@ -215,7 +215,7 @@ class BatchTransform:
 
     def __init__(self, transform: ImageTransform) -> None:
         self.transform = transform
-        self.resize, self.crop, self.pillow = transform_geometry(transform)
+        self.resize, self.crop, self.pillow = transform.resize, transform.crop, transform.pil_resize
         if self.crop > self.resize:
             raise ValueError(f"center crop {self.crop} is larger than the resize {self.resize}")
         if transform.interpolation not in _SUPPORT:
@@ -257,8 +257,3 @@ class BatchTransform:
             pixels = pixels.expand(-1, 3, -1, -1).div(255).sub_(mean).div_(std)
             out.index_copy_(0, torch.as_tensor(rows, device=out.device), pixels)
         return out
-
-
-def transform_geometry(transform: ImageTransform) -> tuple[int, int, bool]:
-    """(shorter-side resize, center crop, resized by Pillow) of ``transform``."""
-    return transform.size, transform.size, False

@@ -16,32 +16,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alfm.config import Config, setting
 from alfm.kernels import auto_chunk, device_generator
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
-    """Hyperparameters of the linear probe and its training (defaults from the reference)."""
+class ProbeConfig(Config):
+    """Hyperparameters of the linear probe and its training (defaults from the reference).
 
-    dropout: float = 0.75
-    lr: float = 1e-2
-    weight_decay: float = 1e-2
-    batch_size: int = 4096
-    max_epochs: int = 400
-    patience: int = 20
-    min_delta: float = 1e-3
+    ``batch_size`` is at least 2: BatchNorm needs two rows to normalize a batch.
+    """
 
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"ProbeConfig.dropout must be in [0, 1), got {self.dropout}")
-        if self.batch_size < 2:
-            raise ValueError(f"ProbeConfig.batch_size must be >= 2, got {self.batch_size}")
-        for name in ("max_epochs", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ProbeConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "min_delta"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"ProbeConfig.{name} must be >= 0, got {getattr(self, name)}")
+    section = "probe"
+    key_format = "probe.{}"
+
+    dropout: float = setting(0.75, minimum=0, exclusiveMaximum=1, help="input dropout rate")
+    lr: float = setting(1e-2, exclusiveMinimum=0, help="AdamW learning rate")
+    weight_decay: float = setting(1e-2, minimum=0, help="AdamW weight decay")
+    batch_size: int = setting(4096, minimum=2, help="training batch size")
+    max_epochs: int = setting(400, minimum=1, help="epoch limit")
+    patience: int = setting(20, minimum=1, help="epochs without improvement before stopping")
+    min_delta: float = setting(1e-3, minimum=0, help="training-loss improvement that counts")
 
 
 def _mask_bits(rate: float) -> int:

@@ -1,8 +1,12 @@
 """One active-learning run: initial pool, then rounds of train probe → evaluate → query.
 
 A run is a pure function of its :class:`RunConfig` and the feature store: every random draw comes
-from a generator seeded by (seed, round, purpose), so a run resumed from its checkpoint, or
-extended to more evaluations, is bit-identical (on CPU) to one computed in a single go.
+from a generator seeded by (seed, round, purpose), and per-run state (a strategy's graph, built
+by :meth:`Strategy.prepare <alfm.strategies.Strategy.prepare>`) from one seeded by (seed,
+"prepare"), so a run resumed from its checkpoint, advanced one round per process, or extended to
+more evaluations, is bit-identical (on CPU) to one computed in a single go.
+:class:`ActiveLearningRun` holds one run in this process and does it step by step;
+:func:`run_active_learning` is the entry point.
 
 Files of a run written to ``OUT`` (all atomically: temporary file, then ``os.replace``):
 
@@ -17,7 +21,6 @@ Rounds are numbered from 1 (the evaluation of the initial pool) to ``budget.eval
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -37,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sklearn
 import torch
 from sklearn.metrics import (
     accuracy_score,
@@ -47,12 +51,14 @@ from sklearn.metrics import (
 from tqdm.auto import tqdm
 
 import alfm
-from alfm.budget import BudgetConfig, check_known_keys, checked_schedule
+from alfm.budget import BudgetConfig, checked_schedule
+from alfm.config import DEVICES, Config, check_known_keys, setting
 from alfm.devices import allow_tf32, resolve_device
+from alfm.probe import Probe, ProbeConfig, train_probe
 from alfm.records import RECORD_COLUMNS
 from alfm.store import SplitData, open_store, store_identity
+from alfm.strategies import QueryContext, Strategy, create_strategy, query
 
-DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_FORMAT = 2
 #: RunConfig fields that may change between invocations of one run: where the store lives, the
 #: device and the display label (``budget.evaluations`` may change too: a longer run extends).
@@ -60,70 +66,58 @@ RESUMABLE_FIELDS = ("features", "device", "label")
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Config):
     """Everything that defines one AL run (the keys of ``experiments.yaml``'s run entries).
 
-    ``features``: feature store path; ``strategy``/``strategy_params``: query strategy name (or
-    ``module:Class``) and its hyperparameters; ``init``/``init_params``: initial-pool strategy
-    (default ``"random"``: the same seed and init give the same initial pool for every query
-    strategy); ``seed``; ``budget`` (:class:`~alfm.budget.BudgetConfig`); ``probe``: overrides of
-    :class:`~alfm.probe.ProbeConfig` fields; ``device``: ``auto`` (CUDA when available), ``cpu``
-    or ``cuda``; ``tf32``: CUDA float32 matmuls in TF32 (~2× faster BALD and Typiclust queries
-    at 1M points; part of the run's identity); ``label``: optional display name of the strategy
-    entry (results tables use it to tell apart one strategy run with two parameter sets).
+    ``init`` defaults to ``"random"``: the same seed and init give the same initial pool for
+    every query strategy. ``probe`` holds overrides of :class:`~alfm.probe.ProbeConfig` fields;
+    ``label`` tells apart, in results tables, one strategy run with two parameter sets.
     """
 
-    features: str
-    strategy: str
-    seed: int
-    strategy_params: dict[str, Any] = field(default_factory=dict)
-    init: str = "random"
-    init_params: dict[str, Any] = field(default_factory=dict)
-    budget: BudgetConfig = field(default_factory=BudgetConfig)
-    probe: dict[str, Any] = field(default_factory=dict)
-    device: str = "auto"
-    tf32: bool = False
-    label: str | None = None
+    section = "run config"
+    key_format = "run config {!r}"
+
+    features: str = setting(minLength=1, help="feature store path")
+    strategy: str = setting(minLength=1, help="query strategy name or module:Class")
+    seed: int = setting(minimum=0, help="seed of every random draw of the run")
+    strategy_params: dict[str, Any] = setting(
+        default_factory=dict, help="hyperparameters of the query strategy"
+    )
+    init: str = setting("random", minLength=1, help="initial-pool strategy")
+    init_params: dict[str, Any] = setting(
+        default_factory=dict, help="hyperparameters of the initial-pool strategy"
+    )
+    budget: BudgetConfig = setting(default_factory=BudgetConfig, help="labeling budget")
+    probe: dict[str, Any] = setting(default_factory=dict, help="overrides of ProbeConfig fields")
+    device: str = setting("auto", enum=DEVICES, help="auto (CUDA when available), cpu or cuda")
+    tf32: bool = setting(
+        False,
+        help="CUDA float32 matmuls in TF32 (~2x faster BALD and Typiclust queries at 1M points; "
+        "part of the run's identity)",
+    )
+    label: str | None = setting(None, help="display name of the strategy entry")
 
     def __post_init__(self) -> None:
-        for name in ("features", "strategy", "init"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"run config {name!r} must be a non-empty string, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError(f"run config 'seed' must be a non-negative integer, got {self.seed!r}")
+        super().__post_init__()
         for name in ("strategy_params", "init_params", "probe"):
-            value = getattr(self, name)
-            if not isinstance(value, dict):
-                raise ValueError(f"run config {name!r} must be a mapping, got {value!r}")
             try:
-                json.dumps(value)
+                json.dumps(getattr(self, name))
             except TypeError as err:
                 raise ValueError(f"run config {name!r} must be JSON-serializable: {err}") from err
-        if not isinstance(self.budget, BudgetConfig):
-            raise ValueError(f"run config 'budget' must be a BudgetConfig, got {self.budget!r}")
-        if self.label is not None and not isinstance(self.label, str):
-            raise ValueError(f"run config 'label' must be a string, got {self.label!r}")
-        if not isinstance(self.tf32, bool):
-            raise ValueError(f"run config 'tf32' must be true or false, got {self.tf32!r}")
-        if self.device not in DEVICES:
-            raise ValueError(
-                f"run config 'device' must be one of {', '.join(DEVICES)}, got {self.device!r}"
-            )
-        probe_config(self.probe)
+        ProbeConfig.from_dict(self.probe)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         """Build from a mapping (``budget`` nested); unknown or missing keys are errors."""
-        check_known_keys(data, cls, "run config")
+        check_known_keys(data, cls, cls.section)
         missing = [k for k in ("features", "strategy", "seed") if data.get(k) is None]
         if missing:
             raise ValueError(f"run config is missing {', '.join(missing)}")
         values = dict(data)
         values["features"] = str(values["features"])
-        budget = values.get("budget", {})
+        budget = values.get("budget")
         if not isinstance(budget, BudgetConfig):
-            values["budget"] = BudgetConfig.from_dict(dict(budget or {}))
+            values["budget"] = BudgetConfig.from_dict(budget or {})
         for name in ("strategy_params", "init_params", "probe"):
             if values.get(name) is None:
                 values[name] = {}
@@ -131,30 +125,21 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict that :meth:`from_dict` turns back into an equal config."""
-        data = dataclasses.asdict(self)
-        data["budget"] = self.budget.to_dict()
-        return data
+        return {**super().to_dict(), "budget": self.budget.to_dict()}
 
 
-def probe_config(overrides: Mapping[str, Any]) -> Any:
-    """The :class:`~alfm.probe.ProbeConfig` with ``overrides``; unknown keys name the culprit."""
-    from alfm.probe import ProbeConfig
-
-    known = {f.name for f in dataclasses.fields(ProbeConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown probe key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
-        )
-    return ProbeConfig(**overrides)
-
-
-def round_generator(seed: int, round_number: int, purpose: str, device: str) -> torch.Generator:
-    """A generator seeded from (seed, round, purpose) alone, so resuming needs no RNG state."""
-    digest = hashlib.blake2b(f"alfm/{seed}/{round_number}/{purpose}".encode(), digest_size=8)
+def seeded_generator(seed: int, *key: object, device: str) -> torch.Generator:
+    """A generator seeded from (seed, *key) alone, so resuming needs no RNG state."""
+    text = "/".join(["alfm", str(seed), *map(str, key)])
+    digest = hashlib.blake2b(text.encode(), digest_size=8)
     generator = torch.Generator(device=device)
     generator.manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
     return generator
+
+
+def round_generator(seed: int, round_number: int, purpose: str, device: str) -> torch.Generator:
+    """The generator of one purpose (``init``, ``probe``, ``query``) in one round."""
+    return seeded_generator(seed, round_number, purpose, device=device)
 
 
 def evaluate(proba: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -200,114 +185,209 @@ def run_active_learning(
     """
     if not isinstance(config, RunConfig):
         config = RunConfig.from_dict(config)
-    out = Path(out)
     evaluations = config.budget.evaluations
     target = evaluations if stop_round is None else stop_round
     if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= evaluations:
         raise ValueError(f"stop_round must be an integer in 1..{evaluations}, got {stop_round!r}")
-    device = resolve_device(config.device).type
+    run = ActiveLearningRun(config, out)
+    run.advance_to(target, progress=progress)
+    return run.write(target)
 
-    store = open_store(config.features)
-    attrs = store.attrs
-    train, test = store.load("train"), store.load("test")
-    num_classes = _check_data(config.features, attrs, train, test)
-    sizes = checked_schedule(config.budget, num_classes, len(train.labels))
-    init_strategy, strategy = _create_strategies(config)
-    probe_cfg = probe_config(config.probe)
 
-    identity = run_identity(config, attrs)
-    ckpt_path = _sidecar(out, ".ckpt")
-    state = _load_checkpoint(ckpt_path, identity)
+class ActiveLearningRun:
+    """One run in this process: its config, the store's data on the run's device, its strategies
+    and the checkpoint state, with one method per step.
 
-    from alfm.strategies import QueryContext, query
+    - Reusable steps: :meth:`train_classifier` (the probe on a labeled set) and :meth:`select`
+      (B points from a strategy given the labeled set and its probe, or none for an initial pool).
+    - Per-run state, which may depend only on the pool and the seed, is built once per process on
+      first use with the (seed, "prepare") generator: :meth:`prepare_strategy`. More per-run state
+      (e.g. a label-propagation graph) belongs beside it.
+    - The benchmark's rounds: :meth:`initial_pool`, :meth:`train_and_evaluate` and
+      :meth:`query_after` make up :meth:`compute_round`, which checkpoints;
+      :meth:`advance_to` computes the rounds up to a target; :meth:`write` writes the outputs.
 
-    pool = torch.as_tensor(train.features, dtype=torch.float32, device=device)
-    pool_labels = torch.as_tensor(train.labels, device=device)
-    test_features = torch.as_tensor(test.features, dtype=torch.float32, device=device)
-    identity_columns = {
-        "model": str(attrs.get("backbone")),
-        "dataset": str(attrs.get("dataset")),
-        "strategy": config.strategy,
-        "init": config.init,
-        "seed": config.seed,
-    }
+    Loading validates the store, the budget against the pool and the strategies, and refuses a
+    checkpoint of another run, all before anything is written.
+    """
 
-    def run_query(chosen: Any, round_number: int, probe: Any, budget: int) -> torch.Tensor:
-        labeled = _labeled(state.added, round_number, device)
-        ctx = QueryContext(
-            features=pool,
-            labeled=labeled,
-            labels=pool_labels[labeled],
-            num_classes=num_classes,
-            probe=probe,
+    def __init__(self, config: RunConfig, out: str | Path) -> None:
+        self.config = config
+        self.out = Path(out)
+        self.device = resolve_device(config.device).type
+        store = open_store(config.features)
+        self.store_attrs = store.attrs
+        train, test = store.load("train"), store.load("test")
+        self.num_classes = _check_data(config.features, self.store_attrs, train, test)
+        self.sizes = checked_schedule(config.budget, self.num_classes, len(train.labels))
+        self.init_strategy, self.strategy = _create_strategies(config)
+        self.probe_config = ProbeConfig.from_dict(config.probe)
+        self.identity = run_identity(config, self.store_attrs)
+        self.checkpoint = _sidecar(self.out, ".ckpt")
+        self.state = _load_checkpoint(self.checkpoint, self.identity)
+        self.pool = torch.as_tensor(train.features, dtype=torch.float32, device=self.device)
+        self.pool_labels = torch.as_tensor(train.labels, device=self.device)
+        self.test_features = torch.as_tensor(test.features, dtype=torch.float32, device=self.device)
+        self.test_labels = test.labels
+        self._prepared: list[Strategy] = []
+
+    # --- reusable steps ---------------------------------------------------------------------
+
+    def prepare_strategy(self, strategy: Strategy) -> None:
+        """``strategy.prepare`` on the pool (no labeled points, no probe) with the (seed,
+        "prepare") generator, once per strategy object in this process."""
+        if any(strategy is done for done in self._prepared):
+            return
+        none = torch.empty(0, dtype=torch.int64, device=self.device)
+        ctx = QueryContext(self.pool, none, none, self.num_classes)
+        strategy.prepare(ctx, seeded_generator(self.config.seed, "prepare", device=self.device))
+        self._prepared.append(strategy)
+
+    def train_classifier(
+        self, labeled: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+    ) -> Probe:
+        """The probe trained on the pool rows ``labeled`` with ``labels``, in eval mode."""
+        features = self.pool[labeled]
+        return train_probe(features, labels, self.num_classes, self.probe_config, generator).eval()
+
+    def select(
+        self,
+        strategy: Strategy,
+        labeled: torch.Tensor,
+        labels: torch.Tensor,
+        probe: Probe | None,
+        budget: int,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """``budget`` new pool indices (int64, CPU) from ``strategy`` given the labeled set, its
+        labels and the probe trained on them (None for an initial pool); prepares it first."""
+        self.prepare_strategy(strategy)
+        ctx = QueryContext(self.pool, labeled, labels, self.num_classes, probe)
+        return query(strategy, ctx, budget, generator).to("cpu", torch.int64)
+
+    # --- the benchmark's rounds -------------------------------------------------------------
+
+    def labeled_before(self, round_number: int) -> torch.Tensor:
+        """Labeled indices of round ``round_number`` (empty before the initial pool)."""
+        return _labeled(self.state.added, round_number, self.device)
+
+    def initial_pool(self) -> torch.Tensor:
+        """The initial pool: the init strategy's pick from the raw features (round 0)."""
+        none = self.labeled_before(0)
+        generator = round_generator(self.config.seed, 0, "init", self.device)
+        return self.select(
+            self.init_strategy, none, self.pool_labels[none], None, self.sizes[0], generator
         )
-        purpose = "init" if probe is None else "query"
-        generator = round_generator(config.seed, round_number, purpose, device)
-        return query(chosen, ctx, budget, generator).to("cpu", torch.int64)
 
-    done = len(state.records)
-    bar = tqdm(
-        total=target,
-        initial=min(done, target),
-        desc=f"{config.strategy} seed {config.seed}",
-        unit="round",
-        disable=not progress,
-    )
-    with bar, allow_tf32(config.tf32):
-        for round_number in range(done + 1, target + 1):
-            with _peak_memory(device) as peak:
-                if round_number == 1 and not state.added:
-                    state.added.append(run_query(init_strategy, 0, None, sizes[0]))
-                elif len(state.added) < round_number:
-                    # Extension of a run that ended with no query: query with its last probe.
-                    last = round_number - 1
-                    probe = _restore_probe(state.probe_state, probe_cfg.dropout, device)
-                    step = sizes[last] - sizes[last - 1]
-                    seconds, chosen = _timed(device, run_query, strategy, last, probe, step)
-                    state.records[-1]["query_seconds"] = seconds
-                    state.added.append(chosen)
-                record, probe = _evaluation_round(
-                    config,
-                    probe_cfg,
-                    device,
-                    round_number,
-                    state,
-                    pool,
-                    pool_labels,
-                    test_features,
-                    test.labels,
-                    num_classes,
+    def train_and_evaluate(self, round_number: int) -> tuple[dict[str, Any], Probe]:
+        """Train the probe on the labeled set of ``round_number`` and evaluate it on the test
+        split: (the round's record, the probe)."""
+        labeled = self.labeled_before(round_number)
+        labels = self.pool_labels[labeled]
+        generator = round_generator(self.config.seed, round_number, "probe", self.device)
+        train_seconds, probe = _timed(
+            self.device, self.train_classifier, labeled, labels, generator
+        )
+
+        def predict() -> np.ndarray:
+            with torch.no_grad():
+                return probe.predict_proba(self.test_features).float().cpu().numpy()
+
+        eval_seconds, proba = _timed(self.device, predict)
+        record: dict[str, Any] = {
+            "round": round_number,
+            "num_labeled": len(labeled),
+            **evaluate(proba, self.test_labels),
+            "classes_seen": int(torch.unique(labels).numel()),
+            "train_seconds": train_seconds,
+            "eval_seconds": eval_seconds,
+            "query_seconds": math.nan,
+        }
+        return record, probe
+
+    def query_after(self, round_number: int, probe: Probe) -> float:
+        """Query the points added before round ``round_number + 1`` with the probe of round
+        ``round_number`` and add them; returns the query's seconds."""
+        labeled = self.labeled_before(round_number)
+        step = self.sizes[round_number] - self.sizes[round_number - 1]
+        generator = round_generator(self.config.seed, round_number, "query", self.device)
+        seconds, chosen = _timed(
+            self.device,
+            self.select,
+            self.strategy,
+            labeled,
+            self.pool_labels[labeled],
+            probe,
+            step,
+            generator,
+        )
+        self.state.added.append(chosen)
+        return seconds
+
+    def compute_round(self, round_number: int) -> dict[str, Any]:
+        """Compute round ``round_number`` (the one after the checkpoint's last): the initial pool
+        or a pending query, training and evaluation, the query after it (but after the last
+        round); append its record and checkpoint. Returns the record."""
+        state = self.state
+        with _peak_memory(self.device) as peak:
+            if round_number == 1 and not state.added:
+                state.added.append(self.initial_pool())
+            elif len(state.added) < round_number:
+                # Extension of a run that ended with no query: query with its last probe.
+                probe = _restore_probe(state.probe_state, self.probe_config.dropout, self.device)
+                state.records[-1]["query_seconds"] = self.query_after(round_number - 1, probe)
+            record, probe = self.train_and_evaluate(round_number)
+            if round_number < self.config.budget.evaluations:
+                record["query_seconds"] = self.query_after(round_number, probe)
+        record.update(peak_host_mb=peak.host_mb, peak_device_mb=peak.device_mb)
+        record.update(
+            model=str(self.store_attrs.get("backbone")),
+            dataset=str(self.store_attrs.get("dataset")),
+            strategy=self.config.strategy,
+            init=self.config.init,
+            seed=self.config.seed,
+        )
+        state.records.append(record)
+        state.probe_state = {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}
+        state.computed.append(round_number)
+        _save_checkpoint(self.checkpoint, self.identity, state)
+        return record
+
+    def advance_to(self, target: int, progress: bool = True) -> None:
+        """Compute the rounds after the checkpoint's last up to ``target`` (none if it has them)."""
+        done = len(self.state.records)
+        bar = tqdm(
+            total=target,
+            initial=min(done, target),
+            desc=f"{self.config.strategy} seed {self.config.seed}",
+            unit="round",
+            disable=not progress,
+        )
+        with bar, allow_tf32(self.config.tf32):
+            for round_number in range(done + 1, target + 1):
+                record = self.compute_round(round_number)
+                bar.set_postfix(
+                    acc=f"{record['accuracy']:.3f}", labeled=record["num_labeled"], refresh=False
                 )
-                if round_number < evaluations:
-                    step = sizes[round_number] - sizes[round_number - 1]
-                    seconds, chosen = _timed(device, run_query, strategy, round_number, probe, step)
-                    record["query_seconds"] = seconds
-                    state.added.append(chosen)
-            record.update(peak_host_mb=peak.host_mb, peak_device_mb=peak.device_mb)
-            record.update(identity_columns)
-            state.records.append(record)
-            state.probe_state = {k: v.detach().cpu().clone() for k, v in probe.state_dict().items()}
-            state.computed.append(round_number)
-            _save_checkpoint(ckpt_path, identity, state)
-            bar.set_postfix(
-                acc=f"{record['accuracy']:.3f}", labeled=record["num_labeled"], refresh=False
-            )
-            bar.update(1)
+                bar.update(1)
 
-    frame = _records_frame(state.records[:target])
-    metadata = {
-        "config": config.to_dict(),
-        "rounds": target,
-        "complete": target == evaluations,
-        "labeled_sizes": sizes[:target],
-        "device": device,
-        "identity": identity,
-        "store": {"path": str(config.features), "attrs": attrs},
-        "versions": _versions(),
-    }
-    _write_indices(_sidecar(out, ".indices.npz"), state.added[:target])
-    _write_parquet(out, frame, metadata)
-    return frame
+    def write(self, target: int) -> pd.DataFrame:
+        """Write ``out`` and its indices with rounds 1 … ``target``; returns the records."""
+        config = self.config
+        frame = _records_frame(self.state.records[:target])
+        metadata = {
+            "config": config.to_dict(),
+            "rounds": target,
+            "complete": target == config.budget.evaluations,
+            "labeled_sizes": self.sizes[:target],
+            "device": self.device,
+            "identity": self.identity,
+            "store": {"path": str(config.features), "attrs": self.store_attrs},
+            "versions": _versions(),
+        }
+        _write_indices(_sidecar(self.out, ".indices.npz"), self.state.added[:target])
+        _write_parquet(self.out, frame, metadata)
+        return frame
 
 
 def run_grid(
@@ -342,46 +422,6 @@ class _State:
     probe_state: dict[str, torch.Tensor] | None = None
     # Rounds computed by every invocation, in order: each round appears once in a healthy run.
     computed: list[int] = field(default_factory=list)
-
-
-def _evaluation_round(
-    config: RunConfig,
-    probe_cfg: Any,
-    device: str,
-    round_number: int,
-    state: _State,
-    pool: torch.Tensor,
-    pool_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    test_labels: np.ndarray,
-    num_classes: int,
-) -> tuple[dict[str, Any], Any]:
-    """Train the probe on the labeled set of ``round_number`` and evaluate it on the test split."""
-    from alfm.probe import train_probe
-
-    labeled = _labeled(state.added, round_number, device)
-    generator = round_generator(config.seed, round_number, "probe", device)
-    features, labels = pool[labeled], pool_labels[labeled]
-    train_seconds, probe = _timed(
-        device, train_probe, features, labels, num_classes, probe_cfg, generator
-    )
-    probe.eval()
-
-    def predict() -> np.ndarray:
-        with torch.no_grad():
-            return probe.predict_proba(test_features).float().cpu().numpy()
-
-    eval_seconds, proba = _timed(device, predict)
-    record: dict[str, Any] = {
-        "round": round_number,
-        "num_labeled": len(labeled),
-        **evaluate(proba, test_labels),
-        "classes_seen": int(torch.unique(pool_labels[labeled]).numel()),
-        "train_seconds": train_seconds,
-        "eval_seconds": eval_seconds,
-        "query_seconds": math.nan,
-    }
-    return record, probe
 
 
 def _labeled(added: list[torch.Tensor], round_number: int, device: str) -> torch.Tensor:
@@ -473,35 +513,37 @@ def _check_data(path: str, attrs: Mapping[str, Any], train: SplitData, test: Spl
     return num_classes
 
 
-def _create_strategies(config: RunConfig) -> tuple[Any, Any]:
-    """(initial-pool strategy, query strategy), with errors naming the config key."""
-    from alfm.strategies import create_strategy
+def _create_strategies(config: RunConfig) -> tuple[Strategy, Strategy]:
+    """(initial-pool strategy, query strategy), with errors naming the config key; one object
+    serves both when they have the same name and parameters (its per-run state is built once)."""
 
-    made = []
-    for key, name, params in (
-        ("init", config.init, config.init_params),
-        ("strategy", config.strategy, config.strategy_params),
-    ):
+    def create(key: str, name: str, params: dict[str, Any]) -> Strategy:
         try:
-            made.append(create_strategy(name, **params))
+            return create_strategy(name, **params)
         except TypeError as err:
             raise ValueError(f"bad {key} parameters for {name!r}: {err}") from err
-    if made[0].requires_probe:
+
+    init = create("init", config.init, config.init_params)
+    same = (config.strategy, config.strategy_params) == (config.init, config.init_params)
+    strategy = init if same else create("strategy", config.strategy, config.strategy_params)
+    if init.requires_probe:
         raise ValueError(
             f"init strategy {config.init!r} needs a trained probe; an initial pool must come from "
             "a strategy that works without one (e.g. random, centroid, typiclust, probcover)"
         )
-    return made[0], made[1]
+    return init, strategy
 
 
 def run_identity(config: RunConfig, store_attrs: Mapping[str, Any]) -> dict[str, Any]:
     """What defines a run's rounds: its config except :data:`RESUMABLE_FIELDS` and
-    ``budget.evaluations``, and the identity of its feature store (``created`` included, so a
-    re-extracted store starts afresh). The one definition used by the checkpoint check, the
-    workflow's state key and the run's Parquet metadata.
+    ``budget.evaluations``, with the probe's settings in full (so leaving a setting out and
+    giving its default are one run), and the identity of its feature store (``created``
+    included, so a re-extracted store starts afresh). The one definition used by the checkpoint
+    check, the workflow's state key and the run's Parquet metadata.
     """
     run = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_FIELDS}
     run["budget"] = {k: v for k, v in run["budget"].items() if k != "evaluations"}
+    run["probe"] = ProbeConfig.from_dict(config.probe).to_dict()
     store = {**store_identity(store_attrs), "created": store_attrs.get("created")}
     return json.loads(json.dumps({"run": run, "store": store}, sort_keys=True, default=str))
 
@@ -566,10 +608,8 @@ def _save_checkpoint(path: Path, identity: dict[str, Any], state: _State) -> Non
         torch.save(payload, tmp)
 
 
-def _restore_probe(state: dict[str, torch.Tensor] | None, dropout: float, device: str) -> Any:
+def _restore_probe(state: dict[str, torch.Tensor] | None, dropout: float, device: str) -> Probe:
     """The probe of the checkpoint's last round, rebuilt from its state dict."""
-    from alfm.probe import Probe
-
     if state is None:
         raise ValueError("the checkpoint holds no probe to extend the run from; delete it")
     num_classes, dim = state["linear.weight"].shape
@@ -628,8 +668,6 @@ def read_run_metadata(path: str | Path) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    import sklearn
-
     return {
         "alfm": alfm.__version__,
         "python": platform.python_version(),

@@ -72,7 +72,7 @@ def model_only(model: str, args: argparse.Namespace, device: torch.device) -> di
         model, model_dir=args.model_dir, random_init=args.random_init, image_size=args.image_size
     )
     net = prepare_model(backbone, device)
-    size = backbone.transform.size
+    size = backbone.transform.crop
     batch = torch.randn(args.batch_size, 3, size, size, device=device)
     if device.type == "cuda":
         batch = batch.contiguous(memory_format=torch.channels_last)

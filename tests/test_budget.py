@@ -43,12 +43,12 @@ def test_round_trip_dict() -> None:
 @pytest.mark.parametrize(
     ("data", "match"),
     [
-        ({"evaluations": 0}, "budget.evaluations must be a positive integer"),
-        ({"init_per_class": 1.5}, "budget.init_per_class"),
-        ({"step_size": -2}, "budget.step_size"),
-        ({"evaluations": True}, "budget.evaluations"),
-        ({"schedule": "exponential"}, "linear, doubling"),
-        ({"evalutions": 3}, "unknown budget key.*evalutions"),
+        ({"evaluations": 0}, r"budget.evaluations must be an integer >= 1, got 0"),
+        ({"init_per_class": 1.5}, r"budget.init_per_class must be an integer >= 1, got 1.5"),
+        ({"step_size": -2}, r"budget.step_size must be an integer >= 1 or null, got -2"),
+        ({"evaluations": True}, r"budget.evaluations must be an integer >= 1, got True"),
+        ({"schedule": "exponential"}, r"budget.schedule must be one of linear, doubling"),
+        ({"evalutions": 3}, r"unknown budget key\(s\) evalutions; known keys: evaluations, "),
     ],
 )
 def test_invalid_budget(data: dict, match: str) -> None:

@@ -115,7 +115,8 @@ def test_bad_inputs_leave_nothing_complete(tmp_path):
     with pytest.raises(UnknownNameError, match="unknown dataset 'digit'.*digits"):
         extract_features("mobilenet_v2", "digit", out, **FAST)
     with pytest.raises(FileNotFoundError, match="expected .*vit_small_patch14_dinov2"):
-        extract_features("dinov2_vits14", "digits", out, model_dir=tmp_path / "m", **FAST)
+        dinov2_size = {**FAST, "image_size": 28}  # DINOv2 takes multiples of its patch size 14
+        extract_features("dinov2_vits14", "digits", out, model_dir=tmp_path / "m", **dinov2_size)
     assert not out.exists()
     extract_features("mobilenet_v2", HEAD, out, **FAST)
     with pytest.raises(

@@ -156,16 +156,24 @@ def test_float16_features_train():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"dropout": 1.0}, "dropout"),
-        ({"max_epochs": 0}, "max_epochs"),
-        ({"batch_size": 1}, "batch_size"),
-        ({"patience": 0}, "patience"),
-        ({"lr": -1.0}, "lr"),
+        ({"dropout": 1.0}, r"probe.dropout must be a number >= 0 and < 1, got 1.0"),
+        ({"max_epochs": 0}, r"probe.max_epochs must be an integer >= 1, got 0"),
+        ({"max_epochs": 2.5}, r"probe.max_epochs must be an integer >= 1, got 2.5"),
+        ({"batch_size": 1}, r"probe.batch_size must be an integer >= 2, got 1"),
+        ({"patience": 0}, r"probe.patience must be an integer >= 1"),
+        ({"lr": -1.0}, r"probe.lr must be a number > 0, got -1.0"),
+        ({"lr": 0}, r"probe.lr must be a number > 0, got 0"),
+        ({"weight_decay": "0.1"}, r"probe.weight_decay must be a number >= 0, got '0.1'"),
+        ({"dropout": True}, r"probe.dropout must be a number"),
     ],
 )
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ProbeConfig(**kwargs)
+
+
+def test_integer_floats_are_accepted():
+    assert ProbeConfig(lr=1, dropout=0).lr == 1
 
 
 def test_bad_training_inputs():

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from alfm.cli import main
+from alfm.probe import ProbeConfig
 from alfm.run import (
     RECORD_COLUMNS,
     RunConfig,
@@ -27,9 +28,12 @@ from alfm.run import (
     round_generator,
     run_active_learning,
     run_grid,
+    run_identity,
+    seeded_generator,
 )
-from alfm.store import IncompleteStoreError, SplitData, StoreWriter, write_store
-from alfm.strategies import QueryContext, Strategy, create_strategy
+from alfm.store import IncompleteStoreError, SplitData, StoreWriter, open_store, write_store
+from alfm.strategies import QueryContext, Strategy, create_strategy, list_strategies
+from alfm.strategies.probcover import ProbCover
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -126,18 +130,32 @@ def test_config_round_trip_and_defaults(store: Path) -> None:
     [
         ({"strategy_parms": {}}, "unknown run config key.*strategy_parms"),
         ({"seed": None}, "missing seed"),
-        ({"seed": -1}, "'seed' must be a non-negative integer"),
+        ({"seed": -1}, "'seed' must be an integer >= 0, got -1"),
+        ({"seed": 1.0}, "'seed' must be an integer >= 0, got 1.0"),
+        ({"strategy": ""}, "'strategy' must be a non-empty string"),
+        ({"label": 3}, "'label' must be a string or null, got 3"),
         ({"device": "tpu"}, "'device' must be one of auto, cpu, cuda"),
         ({"tf32": "yes"}, "'tf32' must be true or false"),
         ({"probe": {"epochs": 3}}, "unknown probe key.*epochs"),
         ({"budget": {"schedule": "cubic"}}, "linear, doubling"),
-        ({"budget": {"evaluations": 0}}, "budget.evaluations"),
+        ({"budget": {"evaluations": 0}}, "budget.evaluations must be an integer >= 1, got 0"),
+        ({"budget": [4]}, "budget must be a mapping, got list"),
+        ({"probe": {"lr": 0}}, "probe.lr must be a number > 0, got 0"),
         ({"strategy_params": "x=1"}, "'strategy_params' must be a mapping"),
     ],
 )
 def test_config_errors(store: Path, change: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         RunConfig.from_dict({**config(store), **change})
+
+
+def test_identity_holds_the_probe_settings_in_full(store: Path) -> None:
+    attrs = open_store(store).attrs
+    left_out = RunConfig.from_dict({**config(store), "probe": {}})
+    given = RunConfig.from_dict({**config(store), "probe": {"max_epochs": 400, "lr": 0.01}})
+    assert run_identity(left_out, attrs) == run_identity(given, attrs)
+    assert run_identity(left_out, attrs)["run"]["probe"] == ProbeConfig().to_dict()
+    assert run_identity(RunConfig.from_dict(config(store)), attrs) != run_identity(given, attrs)
 
 
 def test_round_generators_depend_on_seed_round_and_purpose() -> None:
@@ -147,6 +165,8 @@ def test_round_generators_depend_on_seed_round_and_purpose() -> None:
     assert torch.equal(draw(1, 2, "query"), draw(1, 2, "query"))
     for other in ((1, 2, "probe"), (1, 3, "query"), (10, 2, "query")):
         assert not torch.equal(draw(1, 2, "query"), draw(*other))
+    prepare = torch.rand(4, generator=seeded_generator(1, "prepare", device="cpu"))
+    assert not any(torch.equal(prepare, draw(1, r, "prepare")) for r in range(3))
 
 
 # --- metrics ------------------------------------------------------------------------------------
@@ -227,16 +247,16 @@ def test_determinism(store: Path, tmp_path: Path) -> None:
 def test_tf32_is_on_during_queries_only_when_asked(
     store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import alfm.strategies
+    import alfm.run
 
     seen = []
-    real_query = alfm.strategies.query
+    real_query = alfm.run.query
 
     def spy(*args: object, **kwargs: object) -> torch.Tensor:
         seen.append(torch.backends.cuda.matmul.allow_tf32)
         return real_query(*args, **kwargs)
 
-    monkeypatch.setattr(alfm.strategies, "query", spy)
+    monkeypatch.setattr(alfm.run, "query", spy)
     before = torch.backends.cuda.matmul.allow_tf32
     run({**config(store, evaluations=3), "tf32": True}, tmp_path / "on.parquet")
     assert seen == [True] * 3 and torch.backends.cuda.matmul.allow_tf32 == before
@@ -274,6 +294,68 @@ def test_stop_round_then_continue_equals_single_run(store: Path, tmp_path: Path)
     assert read_checkpoint(out)["computed"] == [1, 2, 3, 4]
     run(config(store), whole)
     assert_same_run(out, whole)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("tiny") / "t.zarr", n=120, test=40, classes=4, dim=8)
+
+
+RESUMED = [("random", name) for name in list_strategies()] + [
+    ("centroid", "dropquery"),
+    ("typiclust", "entropy"),
+    ("probcover", "probcover"),  # one object serves init and queries
+]
+
+
+@pytest.mark.parametrize(("init", "strategy"), RESUMED, ids=[f"{i}-{s}" for i, s in RESUMED])
+def test_resumed_and_one_round_per_call_equal_uninterrupted(
+    tiny_store: Path, tmp_path: Path, init: str, strategy: str
+) -> None:
+    """Every strategy, stateful ones included: a run stopped after round 2 and continued by a
+    new call (new strategy objects, as in a new process), and a run advanced one round per call
+    (``rounds_per_job: 1``), equal the uninterrupted run. With seed 2 on this store, a ProbCover
+    graph seeded by whichever round first needs it (the old lazy cache) takes another δ when
+    resumed after round 2 and when rebuilt every round, so both comparisons catch it."""
+    cfg = {
+        **config(tiny_store, strategy, seed=2, evaluations=5),
+        "init": init,
+        "probe": {"max_epochs": 15, "patience": 5},
+    }
+    whole, resumed, stepped = (tmp_path / f"{name}.parquet" for name in ("w", "r", "s"))
+    run(cfg, whole)
+    run(cfg, resumed, stop_round=2)
+    run(cfg, resumed)
+    for round_number in range(1, 6):
+        run(cfg, stepped, stop_round=round_number)
+    assert read_checkpoint(resumed)["computed"] == read_checkpoint(stepped)["computed"] == [
+        1, 2, 3, 4, 5
+    ]  # fmt: skip
+    assert_same_run(resumed, whole)
+    assert_same_run(stepped, whole)
+
+
+def test_strategies_are_prepared_once_per_process_with_the_prepare_generator(
+    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    real_prepare = ProbCover.prepare
+
+    def spy(self: ProbCover, ctx: QueryContext, generator: torch.Generator) -> None:
+        calls.append((id(self), ctx.labeled.numel(), ctx.probe, generator.initial_seed()))
+        real_prepare(self, ctx, generator)
+
+    monkeypatch.setattr(ProbCover, "prepare", spy)
+    cfg = {**config(tiny_store, "probcover", evaluations=3), "init": "probcover"}
+    run(cfg, tmp_path / "a.parquet")
+    seed = seeded_generator(1, "prepare", device="cpu").initial_seed()
+    assert [call[1:] for call in calls] == [(0, None, seed)]  # one object for init and queries
+    calls.clear()
+    run({**cfg, "init_params": {"purity": 0.9}}, tmp_path / "b.parquet", stop_round=1)
+    assert len({call[0] for call in calls}) == 2 and {call[3] for call in calls} == {seed}
+    calls.clear()
+    run(cfg, tmp_path / "a.parquet")  # nothing left to compute: nothing prepared
+    assert calls == []
 
 
 def test_extension_equals_longer_run(store: Path, tmp_path: Path) -> None:
@@ -341,9 +423,27 @@ class SlowRandom(Strategy):
         return create_strategy("random").select(ctx, budget, generator)
 
 
+class SlowProbCover(ProbCover):
+    """ProbCover (a stateful strategy: its graph is built in prepare) that takes a while."""
+
+    def __init__(self, delay: float = 0.3) -> None:
+        super().__init__()
+        self.delay = delay
+
+    def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> torch.Tensor:
+        time.sleep(self.delay)
+        return super().select(ctx, budget, generator)
+
+
 @pytest.mark.slow
-def test_kill_then_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> None:
-    cfg = config(store, "test_run:SlowRandom", evaluations=8)
+@pytest.mark.parametrize(
+    ("strategy", "classes"),
+    # 10 classes: there the old lazily built ProbCover graph took another δ after every resume
+    [("test_run:SlowRandom", 5), ("test_run:SlowProbCover", 10)],
+)
+def test_kill_then_resume_equals_uninterrupted(tmp_path: Path, strategy: str, classes: int) -> None:
+    store = make_store(tmp_path / "s.zarr", classes=classes)
+    cfg = config(store, strategy, evaluations=8)
     killed, whole = tmp_path / "killed.parquet", tmp_path / "whole.parquet"
     argv = [sys.executable, "-m", "alfm.cli", *cli_run_argv(store, cfg["strategy"], 8, killed)]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "OMP_NUM_THREADS": "1"}
@@ -411,6 +511,11 @@ def _incomplete_store(path: Path) -> Path:
     [
         (None, {"strategy": "entrpy"}, "unknown strategy 'entrpy'"),
         (None, {"init": "entropy"}, "init strategy 'entropy' needs a trained probe"),
+        (
+            None,
+            {"strategy": "bald", "strategy_params": {"num_passes": 2.5}},
+            "strategy 'bald' hyperparameter 'num_passes' must be int, got 2.5",
+        ),
         (None, {"budget": {"init_per_class": 61}}, "initial pool of 305 samples is larger than"),
         (None, {"budget": {"step_size": 100, "evaluations": 5}}, "runs dry at round 4 of 5"),
         (_nan_store, {}, r"1 train rows have NaN or infinite features \(first rows \[7\]\)"),

@@ -2,7 +2,9 @@
 
 Every strategy must return exactly min(B, |U|) distinct unlabeled indices, be deterministic for a
 generator seed, and cope with float16/float32 features, C=2 and C=1000, classes missing from L,
-B ≥ |U|, an empty L (initial-pool strategies), tiny pools and N = 1.
+B ≥ |U|, an empty L (initial-pool strategies), tiny pools and N = 1. Each is prepared as the run
+engine prepares it (``prepare`` on the pool with no labeled points and a generator of its own)
+before its queries; one that is not prepared either works (stateless) or says to call prepare.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import functools
 
 import pytest
 import torch
+from strategy_helpers import gen, prepared
 from torch import Tensor
 
 from alfm.probe import Probe, ProbeConfig, train_probe
@@ -45,10 +48,6 @@ INITIAL = [name for name in ALL if not get_strategy_class(name).requires_probe]
 D = 8
 
 
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
 @functools.cache
 def pool(n: int, c: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Gaussian blobs: ``min(c, 8)`` clusters whose points carry labels in [0, c)."""
@@ -81,6 +80,11 @@ def context(
     return QueryContext(x.to(dtype), idx, y[idx], c, probe)
 
 
+def ready(name: str, ctx: QueryContext) -> Strategy:
+    """``create_strategy(name)`` prepared for ``ctx``'s pool, as the run engine does."""
+    return prepared(create_strategy(name), ctx)
+
+
 def check(picks: Tensor, ctx: QueryContext, budget: int) -> None:
     unlabeled = set(ctx.unlabeled.tolist())
     expected = min(budget, len(unlabeled))
@@ -95,16 +99,16 @@ def check(picks: Tensor, ctx: QueryContext, budget: int) -> None:
 def test_budget_distinct_unlabeled(name, dtype):
     ctx = context(name, dtype=dtype)
     before = ctx.features.clone()
-    picks = query(create_strategy(name), ctx, 10, gen())
+    picks = query(ready(name, ctx), ctx, 10, gen())
     check(picks, ctx, 10)
     assert torch.equal(ctx.features, before), "strategies must not modify the features"
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_same_seed_same_indices(name):
-    ctx = context(name)
-    first = query(create_strategy(name), ctx, 7, gen(42))
-    again = query(create_strategy(name), context(name), 7, gen(42))
+    ctx, other = context(name), context(name)
+    first = query(ready(name, ctx), ctx, 7, gen(42))
+    again = query(ready(name, other), other, 7, gen(42))
     assert torch.equal(first, again)
 
 
@@ -112,7 +116,7 @@ def test_same_seed_same_indices(name):
 @pytest.mark.parametrize("name", ALL)
 def test_two_and_a_thousand_classes(name, c):
     ctx = context(name, c=c)
-    check(query(create_strategy(name), ctx, 9, gen()), ctx, 9)
+    check(query(ready(name, ctx), ctx, 9, gen()), ctx, 9)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -121,29 +125,29 @@ def test_classes_missing_from_labeled(name):
     only_two = tuple(i for i in range(240) if int(y[i]) < 2)[:10]
     ctx = context(name, c=6, labeled=only_two)
     assert set(ctx.labels.tolist()) == {0, 1}
-    check(query(create_strategy(name), ctx, 12, gen()), ctx, 12)
+    check(query(ready(name, ctx), ctx, 12, gen()), ctx, 12)
 
 
 @pytest.mark.parametrize("budget", [230, 500])
 @pytest.mark.parametrize("name", ALL)
 def test_budget_at_least_unlabeled_returns_all(name, budget):
     ctx = context(name)
-    picks = query(create_strategy(name), ctx, budget, gen())
+    picks = query(ready(name, ctx), ctx, budget, gen())
     assert sorted(picks.tolist()) == ctx.unlabeled.tolist()
 
 
 @pytest.mark.parametrize("name", INITIAL)
 def test_initial_pool_from_empty_labeled(name):
-    ctx = context(name, labeled=())
-    picks = query(create_strategy(name), ctx, 8, gen())
+    ctx, other = context(name, labeled=()), context(name, labeled=())
+    picks = query(ready(name, ctx), ctx, 8, gen())
     check(picks, ctx, 8)
-    assert torch.equal(picks, query(create_strategy(name), context(name, labeled=()), 8, gen()))
+    assert torch.equal(picks, query(ready(name, other), other, 8, gen()))
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_tiny_pool(name):
     ctx = context(name, n=5, c=2, labeled=(0, 3))
-    check(query(create_strategy(name), ctx, 2, gen()), ctx, 2)
+    check(query(ready(name, ctx), ctx, 2, gen()), ctx, 2)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -152,7 +156,18 @@ def test_single_point_pool(name):
     probe = probe_for(240, 4, tuple(range(0, 240, 20)))
     ctx = QueryContext(x, torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), 4)
     ctx.probe = probe if get_strategy_class(name).requires_probe else None
-    assert query(create_strategy(name), ctx, 1, gen()).tolist() == [0]
+    assert query(ready(name, ctx), ctx, 1, gen()).tolist() == [0]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unprepared_strategy_works_or_asks_for_prepare(name):
+    ctx = context(name)
+    try:
+        picks = query(create_strategy(name), ctx, 6, gen())
+    except RuntimeError as err:
+        assert "prepare" in str(err) and "\n" not in str(err)
+    else:
+        check(picks, ctx, 6)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,9 +1,10 @@
 """Strategy base class, query context, the strategy registry and the validating ``query`` entry.
 
 A strategy is a small sklearn-style class: hyperparameters in ``__init__`` (stored as attributes of
-the same name), a pure ``select(ctx, budget, generator)`` that returns indices into the pool, and
-randomness only from the generator it is given. Callers use :func:`query`, which validates the
-inputs and the strategy's output.
+the same name, typed by its annotations, which :func:`create_strategy` checks), an optional
+``prepare(ctx, generator)`` that builds per-run state, a pure ``select(ctx, budget, generator)``
+that returns indices into the pool, and randomness only from the generators it is given. Callers
+use :func:`query`, which validates the inputs and the strategy's output.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
+from alfm.config import check_value, type_hints, type_name
 from alfm.kernels import auto_chunk, device_generator, kmeans, l2_normalize, nearest_to_centroids
 from alfm.probe import Probe
 from alfm.registry import Registry
@@ -66,11 +68,22 @@ class Strategy(abc.ABC):
 
     Subclasses store every hyperparameter as an attribute named like its ``__init__`` parameter,
     set ``requires_probe`` (False for strategies that work on raw features alone, i.e. initial-pool
-    strategies) and implement :meth:`select`.
+    strategies), implement :meth:`select` and, when they keep state across rounds, :meth:`prepare`.
     """
 
     name: ClassVar[str] = ""
     requires_probe: ClassVar[bool] = True
+
+    def prepare(self, ctx: QueryContext, generator: torch.Generator) -> None:  # noqa: B027 (a hook)
+        """Build the strategy's per-run state (e.g. a graph over the pool); stateless strategies
+        do nothing (this default).
+
+        The run engine calls it once per run in each process, before the strategy's first query
+        there, with ``ctx`` holding the pool's features and ``num_classes`` (no labeled points, no
+        probe) and a generator seeded from (seed, "prepare") alone, so a resumed run or a later
+        job rebuilds exactly the same state. A strategy that needs state raises in :meth:`select`
+        when it was not prepared for the features it is given.
+        """
 
     @abc.abstractmethod
     def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
@@ -125,16 +138,27 @@ def get_strategy_class(name: str) -> type[Strategy]:
 
 
 def create_strategy(name: str, **params: Any) -> Strategy:
-    """Instantiate strategy ``name`` (registered or ``pkg.mod:Class``) with hyperparameters."""
+    """Instantiate strategy ``name`` (registered or ``pkg.mod:Class``) with hyperparameters.
+
+    Unknown hyperparameters and values that do not fit the ``__init__`` annotation (``int``,
+    ``float`` (ints accepted), ``bool``, ``str``, unions; bools are not ints) are one-line
+    ValueErrors naming the strategy, the parameter, the expected type and the value.
+    """
     cls = get_strategy_class(name)
     valid = cls.param_names()
-    for key in params:
+    hints = type_hints(cls.__init__)
+    for key, value in params.items():
         if key not in valid:
             hint = difflib.get_close_matches(key, valid, n=1)
             suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
             raise ValueError(
                 f"unknown hyperparameter {key!r} for strategy {name!r}.{suggestion} "
                 f"Valid: {', '.join(valid) or '(none)'}"
+            )
+        if key in hints and not check_value(value, hints[key]):
+            raise ValueError(
+                f"strategy {name!r} hyperparameter {key!r} must be {type_name(hints[key])}, got "
+                f"{value!r} ({type(value).__name__})"
             )
     return cls(**params)
 

@@ -16,10 +16,10 @@ Differences from the reference, all deliberate:
   reported the next midpoint.
 - FIX: once everything is covered the rest is filled uniformly at random (the reference keeps
   taking index 0).
-- The graph is cached per strategy instance, keyed by the feature tensor's identity, shape, dtype
-  and device, so later rounds on the same features reuse it (as the reference builds it once per
-  run). Its k-means is seeded by one draw from the query's generator, made on every call, so the
-  indices returned never depend on whether the cache was hit.
+- The graph is built once per run in :meth:`ProbCover.prepare` (as the reference builds it once
+  per run), its k-means seeded by the run's (seed, "prepare") generator, so a resumed run or a
+  later job rebuilds the same graph; ``select`` uses it for the features it was prepared on and
+  refuses others.
 """
 
 from __future__ import annotations
@@ -184,31 +184,37 @@ class ProbCover(Strategy):
         self.purity = purity
         self.delta_steps = delta_steps
         self.kmeans_iters = kmeans_iters
-        self._cache: tuple[weakref.ref, tuple, CoverGraph] | None = None
+        self._prepared: tuple[weakref.ref[Tensor], tuple, CoverGraph] | None = None
 
-    def graph(self, features: Tensor, num_classes: int, seed: int) -> CoverGraph:
-        """The δ-ball graph of ``features`` (pseudo-labels seeded by ``seed``), built on first use
-        and reused for the same tensor."""
-        key = (tuple(features.shape), features.dtype, features.device, num_classes)
-        if self._cache is not None:
-            ref, cached_key, cached = self._cache
-            if ref() is features and cached_key == key:
-                return cached
-        built = build_cover_graph(
-            features,
-            num_classes,
-            torch.Generator().manual_seed(seed),
+    def prepare(self, ctx: QueryContext, generator: torch.Generator) -> None:
+        """Build the δ-ball graph of ``ctx.features`` (pseudo-label k-means from ``generator``)."""
+        graph = build_cover_graph(
+            ctx.features,
+            ctx.num_classes,
+            generator,
             delta=self.delta,
             purity=self.purity,
             delta_steps=self.delta_steps,
             kmeans_iters=self.kmeans_iters,
         )
-        self._cache = (weakref.ref(features), key, built)
-        return built
+        self._prepared = (weakref.ref(ctx.features), _features_key(ctx), graph)
+
+    def graph(self, ctx: QueryContext) -> CoverGraph:
+        """The graph :meth:`prepare` built for ``ctx``'s features (the same tensor)."""
+        if self._prepared is not None:
+            features, key, graph = self._prepared
+            if features() is ctx.features and key == _features_key(ctx):
+                return graph
+        raise RuntimeError(
+            "probcover was not prepared for these features: call strategy.prepare(ctx, "
+            "generator) once per run before querying (alfm.run does)"
+        )
 
     def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
-        """``min(budget, |U|)`` indices by greedy max coverage of the cached δ-ball graph."""
-        # One draw per call whether or not the graph is cached, so results never depend on it.
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        graph = self.graph(ctx.features, ctx.num_classes, seed)
-        return max_coverage(graph, ctx.labeled, budget, generator)
+        """``min(budget, |U|)`` indices by greedy max coverage of the prepared δ-ball graph."""
+        return max_coverage(self.graph(ctx), ctx.labeled, budget, generator)
+
+
+def _features_key(ctx: QueryContext) -> tuple:
+    features = ctx.features
+    return (tuple(features.shape), features.dtype, features.device, ctx.num_classes)

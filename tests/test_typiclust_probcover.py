@@ -1,4 +1,5 @@
-"""Hand-computed cases for Alfa-Mix, Typiclust and ProbCover (issue 3, part B)."""
+"""Typiclust and ProbCover: typicality, cluster order, δ by bisection, greedy coverage, the
+prepared graph; both as initial-pool strategies."""
 
 from __future__ import annotations
 
@@ -6,11 +7,11 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from strategy_helpers import assert_valid, blobs, context, gen, prepared
 
 from alfm.kernels import CHUNK_BYTES
-from alfm.strategies.alfamix import AlfaMix, class_anchors, prediction_flips
-from alfm.strategies.base import QueryContext
+from alfm.probe import ProbeConfig, train_probe
+from alfm.strategies import create_strategy, probcover, query
 from alfm.strategies.probcover import (
     CoverGraph,
     ProbCover,
@@ -24,140 +25,6 @@ from alfm.strategies.typiclust import (
     most_typical,
     most_typical_per_pool,
 )
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def blobs(
-    n: int = 600, d: int = 16, c: int = 6, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A Gaussian mixture: ``c`` well-separated class centers plus unit noise."""
-    g = gen(seed)
-    centers = torch.randn(c, d, generator=g) * 4
-    labels = torch.randint(c, (n,), generator=g)
-    return centers[labels] + torch.randn(n, d, generator=g), labels
-
-
-def context(x, labeled, labels, num_classes, probe=None) -> QueryContext:
-    labeled = torch.as_tensor(labeled, dtype=torch.int64)
-    return QueryContext(x, labeled, torch.as_tensor(labels)[labeled], num_classes, probe)
-
-
-class LinearProbe:
-    """A probe whose embedding is the raw input: logits = W x + b (hand-set weights)."""
-
-    def __init__(self, weight, bias) -> None:
-        self.linear = nn.Linear(len(weight[0]), len(weight))
-        with torch.no_grad():
-            self.linear.weight.copy_(torch.tensor(weight, dtype=torch.float32))
-            self.linear.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float()
-
-
-def assert_valid(chosen: torch.Tensor, n: int, labeled, budget: int) -> None:
-    labeled = set(torch.as_tensor(labeled).tolist())
-    expected = min(budget, n - len(labeled))
-    assert chosen.dtype == torch.int64 and chosen.shape == (expected,)
-    assert len(set(chosen.tolist())) == expected
-    assert not labeled & set(chosen.tolist())
-
-
-# ----------------------------------------------------------------------------------- Alfa-Mix
-
-
-def test_alfamix_anchors_for_missing_classes_are_the_labeled_mean_not_nan():
-    z = torch.tensor([[0.0, 2.0], [2.0, 0.0], [4.0, 4.0]])
-    anchors = class_anchors(z, torch.tensor([0, 0, 2]), num_classes=4)
-    overall = z.mean(dim=0)
-    assert torch.isfinite(anchors).all()
-    torch.testing.assert_close(anchors[0], torch.tensor([1.0, 1.0]))
-    torch.testing.assert_close(anchors[2], torch.tensor([4.0, 4.0]))
-    torch.testing.assert_close(anchors[1], overall)
-    torch.testing.assert_close(anchors[3], overall)
-
-
-def test_alfamix_flip_hand_case():
-    # logits = z, z = (0.1, 0): ŷ = 0, p = softmax(0.1, 0); g = p − e0 ∝ (−1, 1); ε = 0.2/√2.
-    # The mix with an anchor at distance d is z + ε d ĝ = (0.1 − 0.1 d, 0.1 d): flips iff d > 0.5.
-    linear = LinearProbe([[1.0, 0.0], [0.0, 1.0]], [0.0, 0.0]).linear
-    z = torch.tensor([[0.1, 0.0]])
-    eps = 0.2 / math.sqrt(2)
-    assert not prediction_flips(z, torch.tensor([[0.1, 0.4]]), linear, eps).item()
-    assert prediction_flips(z, torch.tensor([[0.1, 0.6]]), linear, eps).item()
-    # the farthest anchor decides, wherever it sits
-    assert prediction_flips(z, torch.tensor([[0.1, 0.4], [0.1, -0.6]]), linear, eps).item()
-    # a confident point (zero gradient in float32) never moves
-    assert not prediction_flips(
-        torch.tensor([[200.0, 0.0]]), torch.tensor([[0.0, 9.0]]), linear, eps
-    )
-
-
-def test_alfamix_flips_equal_the_materialized_per_anchor_interpolation():
-    g = gen(3)
-    z = torch.randn(400, 5, generator=g)
-    anchors = torch.randn(3, 5, generator=g) * 2
-    linear = nn.Linear(5, 3)
-    with torch.no_grad():
-        linear.weight.copy_(torch.randn(3, 5, generator=g))
-        linear.bias.copy_(torch.randn(3, generator=g))
-    eps = 0.2 / math.sqrt(5)
-    with torch.no_grad():
-        fast = prediction_flips(z, anchors, linear, eps)
-    # the reference: per anchor, the per-dimension closed-form α, then lerp and predict
-    z_var = z.clone().requires_grad_(True)
-    logits = linear(z_var)
-    pred = logits.argmax(dim=1)
-    loss = nn.functional.cross_entropy(logits, pred, reduction="sum")
-    grad = torch.autograd.grad(loss, z_var)[0]
-    slow = torch.zeros(400, dtype=torch.bool)
-    with torch.no_grad():
-        for anchor in anchors:
-            diff = anchor - z
-            alpha = (
-                eps
-                * diff.norm(dim=1, keepdim=True)
-                * grad
-                / (grad.norm(dim=1, keepdim=True) * diff)
-            )
-            slow |= linear(alpha * anchor + (1 - alpha) * z).argmax(dim=1) != pred
-    assert 20 < int(fast.sum()) < 380
-    assert torch.equal(fast, slow)
-
-
-def test_alfamix_select_with_missing_classes_and_few_candidates():
-    # 1-D pool, logits = (x, −x): points near 0 are uncertain. Labeled: only class 0 at x = 3.
-    x = torch.tensor([[3.0], [0.05], [-0.02], [2.0], [4.0], [5.0], [6.0]])
-    probe = LinearProbe([[1.0], [-1.0]], [0.0, 0.0])
-    ctx = context(x, [0], [0, 0, 1, 0, 0, 0, 0], num_classes=5, probe=probe)
-    strategy = AlfaMix(eps=0.2)
-    # ε = 0.2, every anchor is 3; the mix moves x by ε |3 − x| towards 0 and flips iff that step
-    # exceeds |x|: only x = 0.05 and x = −0.02
-    assert strategy.candidates(ctx).tolist() == [1, 2]
-    chosen = strategy.select(ctx, 4, gen(1))
-    assert_valid(chosen, 7, [0], 4)
-    assert chosen[:2].tolist() == [1, 2]  # all candidates, then random fill
-    assert torch.equal(chosen, strategy.select(ctx, 4, gen(1)))
-
-
-def test_alfamix_clusters_candidates_when_there_are_enough():
-    x, y = blobs(300, 8, 4)
-    g = gen(2)
-    probe = LinearProbe(torch.randn(4, 8, generator=g).tolist(), [0.0] * 4)
-    ctx = context(x, [0, 1, 2], y, num_classes=4, probe=probe)
-    strategy = AlfaMix(eps=5.0)
-    candidates = set(strategy.candidates(ctx).tolist())
-    assert len(candidates) > 10
-    chosen = strategy.select(ctx, 10, gen(4))
-    assert_valid(chosen, 300, [0, 1, 2], 10)
-    assert set(chosen.tolist()) <= candidates
-    assert torch.equal(chosen, strategy.select(ctx, 10, gen(4)))
-
-
-# ---------------------------------------------------------------------------------- Typiclust
 
 
 def test_most_typical_hand_case():
@@ -239,9 +106,6 @@ def test_typiclust_all_clusters_too_small_is_random_but_complete():
     assert_valid(chosen, 12, [], 3)
 
 
-# ---------------------------------------------------------------------------------- ProbCover
-
-
 def graph_from_balls(balls: dict[int, list[int]], n: int) -> CoverGraph:
     rows = torch.tensor([i for i, ball in balls.items() for _ in ball])
     cols = torch.tensor([j for ball in balls.values() for j in ball])
@@ -292,27 +156,47 @@ def test_build_cover_graph_on_two_groups():
     assert fixed.num_edges == 6 and math.isnan(fixed.purity)
 
 
-def test_probcover_strategy_reuses_its_graph_and_stays_deterministic(monkeypatch):
-    x, y = blobs(400, 8, 5)
-    strategy = ProbCover()
-    ctx = context(x, [0, 1], y, 5)
-    first = strategy.select(ctx, 20, gen(7))
-    assert_valid(first, 400, [0, 1], 20)
-    import alfm.strategies.probcover as module
+def test_probcover_prepare_builds_the_one_graph_every_query_uses(monkeypatch):
+    x, y = blobs(400, 8, 12)  # 12 classes in 8 dimensions: δ depends on the k-means seed
+    ctx = context(x, [0, 1], y, 12)
+    strategy = prepared(ProbCover(), ctx, seed=4)
+    graph = strategy.graph(ctx)
 
     def fail(*args, **kwargs):
         raise AssertionError("graph rebuilt")
 
-    monkeypatch.setattr(module, "build_cover_graph", fail)
-    assert torch.equal(first, strategy.select(ctx, 20, gen(7)))  # cached graph, same indices
+    monkeypatch.setattr(probcover, "build_cover_graph", fail)
+    first = strategy.select(ctx, 20, gen(7))
+    assert_valid(first, 400, [0, 1], 20)
+    assert_valid(strategy.select(ctx, 20, gen(8)), 400, [0, 1], 20)  # another round's generator
+    assert strategy.graph(ctx) is graph  # one graph (one δ) whatever generators the queries get
+    assert torch.equal(first, strategy.select(ctx, 20, gen(7)))
     monkeypatch.undo()
-    assert torch.equal(first, ProbCover().select(ctx, 20, gen(7)))  # fresh instance, same seed
+    again = prepared(ProbCover(), ctx, seed=4)  # as in a new process: the same prepare seed
+    rebuilt = again.graph(ctx)
+    assert (rebuilt.delta, rebuilt.purity) == (graph.delta, graph.purity)
+    assert torch.equal(rebuilt.ptr, graph.ptr) and torch.equal(rebuilt.cols, graph.cols)
+    assert torch.equal(first, again.select(ctx, 20, gen(7)))
+    # δ depends on the prepare seed, which is why the seed must be the run's, not a round's
+    deltas = {prepared(ProbCover(), ctx, seed=s).graph(ctx).delta for s in range(4)}
+    assert len(deltas) > 1
+
+
+def test_probcover_select_needs_a_graph_prepared_for_these_features():
+    x, y = blobs(100, 8, 3)
+    ctx = context(x, [0], y, 3)
+    with pytest.raises(RuntimeError, match=r"probcover was not prepared .*call strategy.prepare"):
+        ProbCover().select(ctx, 5, gen())
+    strategy = prepared(ProbCover(), ctx)
+    for other in (context(x.clone(), [0], y, 3), context(x, [0], y, 4)):
+        with pytest.raises(RuntimeError, match="not prepared for these features"):
+            strategy.select(other, 5, gen())
 
 
 @pytest.mark.parametrize("name", ["typiclust", "probcover"])
 def test_initial_pool_strategies_with_empty_labeled_set(name):
     x, y = blobs(200, 8, 4)
-    strategy = Typiclust() if name == "typiclust" else ProbCover()
+    strategy = prepared(Typiclust() if name == "typiclust" else ProbCover(), context(x, [], y, 4))
     assert strategy.requires_probe is False
     chosen = strategy.select(context(x, [], y, 4), 8, gen(1))
     assert_valid(chosen, 200, [], 8)
@@ -322,13 +206,10 @@ def test_initial_pool_strategies_with_empty_labeled_set(name):
 @pytest.mark.parametrize("name", ["alfamix", "typiclust", "probcover"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_through_query_with_a_trained_probe(name, dtype):
-    from alfm.probe import ProbeConfig, train_probe
-    from alfm.strategies import create_strategy, query
-
     x, y = blobs(300, 8, 5)
     labeled = torch.tensor([0, 1, 2, 3])  # some of the 5 classes are missing
     probe = train_probe(x[labeled], y[labeled], 5, ProbeConfig(max_epochs=30), gen(0))
     ctx = context(x.to(dtype), labeled, y, 5, probe)
-    chosen = query(create_strategy(name), ctx, 12, gen(3))
+    chosen = query(prepared(create_strategy(name), ctx), ctx, 12, gen(3))
     assert_valid(chosen, 300, labeled, 12)
-    assert torch.equal(chosen, query(create_strategy(name), ctx, 12, gen(3)))
+    assert torch.equal(chosen, query(prepared(create_strategy(name), ctx), ctx, 12, gen(3)))
