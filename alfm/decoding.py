@@ -202,27 +202,41 @@ def decode_batch(
         counts.cpu += len(pixels)
     jpegs = [i for i, kind in enumerate(batch.kinds) if kind == JPEG]
     if jpegs:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        encoded = [batch.part(i) for i in jpegs]
-        try:
-            decoded = decode_jpeg(encoded, mode=ImageReadMode.UNCHANGED, device=device)
-            counts.device += len(jpegs)
-            images_of = dict(zip(jpegs, decoded, strict=True))
-        except RuntimeError:  # find the culprits: each alone, then PIL
-            images_of = {}
-            for i, data in zip(jpegs, encoded, strict=True):
-                try:
-                    images_of[i] = decode_jpeg(data, mode=ImageReadMode.UNCHANGED, device=device)
-                    counts.device += 1
-                except RuntimeError:
-                    try:
-                        pixels_i = pil_decode(data.numpy(), batch.paths[i], batch.ids[i])
-                    except BadImageError as err:
-                        errors[i] = err
-                        continue
-                    images_of[i] = torch.from_numpy(pixels_i).to(device)
-                    counts.cpu += 1
-        for i, image in images_of.items():
-            images[i] = image
+        for i, image in _decode_jpegs(batch, jpegs, device, counts).items():
+            if isinstance(image, BadImageError):
+                errors[i] = image
+            else:
+                images[i] = image
     return images, errors
+
+
+def _decode_jpegs(
+    batch: EncodedBatch, positions: list[int], device: torch.device, counts: DecodeCounts
+) -> dict[int, torch.Tensor | BadImageError]:
+    """The JPEG records at ``positions`` decoded on ``device`` in one call; if that fails,
+    each alone, and PIL for those the device refuses (its error when PIL refuses too)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = {i: batch.part(i) for i in positions}
+    try:
+        decoded = decode_jpeg(list(encoded.values()), mode=ImageReadMode.UNCHANGED, device=device)
+        counts.device += len(positions)
+        return dict(zip(positions, decoded, strict=True))
+    except RuntimeError:
+        pass
+    results: dict[int, torch.Tensor | BadImageError] = {}
+    for i, data in encoded.items():
+        try:
+            results[i] = decode_jpeg(data, mode=ImageReadMode.UNCHANGED, device=device)
+            counts.device += 1
+            continue
+        except RuntimeError:
+            pass
+        try:
+            pixels = pil_decode(data.numpy(), batch.paths[i], batch.ids[i])
+        except BadImageError as err:
+            results[i] = err
+            continue
+        results[i] = torch.from_numpy(pixels).to(device)
+        counts.cpu += 1
+    return results

@@ -437,6 +437,8 @@ def _extract_chunks(
     sink = _ChunkSink(writer, capacity=2 * per_chunk + 2)
     start = time.perf_counter()
     try:
+        if device.type == "cpu":  # more torch threads than cores only slows the model down
+            torch.set_num_threads(min(torch.get_num_threads(), _available_cores()))
         with tqdm(total=total, unit="img", desc=label, disable=not progress) as bar:
             for name in SPLITS:
                 if not plan[name]:
@@ -484,6 +486,13 @@ def _embed(
         padding = images.new_zeros(settings.batch_size - count, *images.shape[1:])
         images = torch.cat([images, padding])
     return embed_batch(net, images)[:count]
+
+
+def _available_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _is_image_array(split: TorchDataset) -> bool:
