@@ -174,7 +174,7 @@ def check_transform(root: Path, backbone: Backbone, device: torch.device, gpu: P
     transform = BatchTransform(backbone.transform)
     on_device = transform(images).cpu()
     decoded_on_cpu = [
-        torch.from_numpy(np.asarray(load_image(p, p.name))).permute(2, 0, 1) for p in paths
+        torch.from_numpy(np.array(load_image(p, p.name))).permute(2, 0, 1) for p in paths
     ]
     same_pixels = transform([image.to(device) for image in decoded_on_cpu]).cpu()
     reference = torch.stack([backbone.transform(load_image(p, p.name)) for p in paths])
