@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from alfm.budget import BudgetConfig
 from alfm.config import DEVICES, add_arguments, parsed_arguments
@@ -102,14 +103,16 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handler)
 
 
+def json_object(text: str) -> dict:
+    """A command-line JSON object (argparse type)."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a JSON object, got {text!r}")
+    return value
+
+
 def add_run(sub: argparse._SubParsersAction) -> None:
     """``alfm run``: one AL run (resumes from its checkpoint, extends finished runs)."""
-
-    def json_object(text: str) -> dict:
-        value = json.loads(text)
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a JSON object, got {text!r}")
-        return value
 
     parser = sub.add_parser(
         "run",
@@ -232,10 +235,214 @@ def add_list(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handler)
 
 
+def add_label(sub: argparse._SubParsersAction) -> None:
+    """``alfm label init|next|import|status|export|push|pull``: the real labeling loop."""
+    parser = sub.add_parser(
+        "label",
+        help="label a store's images: batches to label, labels back, when to stop",
+        description="The real active-learning loop over a feature store of your images: init a "
+        "project, ask for the next batch, label it (CSV or Label Studio), import the labels, "
+        "repeat until status says the classifier has stabilized. See docs/LABELING.md.",
+    )
+    commands = parser.add_subparsers(dest="label_command", required=True)
+
+    def project_command(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help, description=description)
+        command.add_argument("project", help="project folder (from alfm label init)")
+        command.add_argument("--features", help="the project's store, where it moved")
+        return command
+
+    init = commands.add_parser(
+        "init",
+        help="create a labeling project over a feature store",
+        description="Create the project folder: its config, an empty labels table, no rounds.",
+    )
+    init.add_argument("--features", required=True, help="feature store (from alfm extract)")
+    init.add_argument(
+        "--classes", help="class names: a,b,c or a file with one per line (default: the store's)"
+    )
+    init.add_argument("--out", required=True, help="project folder to create")
+    # Defaults (None) come from alfm.labeling.ProjectConfig, their one definition.
+    init.add_argument("--seed", type=int, help="seed of every random draw (0)")
+    init.add_argument("--strategy", help="query strategy after the first batch (dropquery)")
+    init.add_argument("--strategy-params", type=json_object, help="JSON object")
+    init.add_argument("--init", help="first batch's strategy (centroid)")
+    init.add_argument("--init-params", type=json_object, help="JSON object")
+    init.add_argument("--probe", type=json_object, help="probe settings as JSON")
+    init.add_argument("--device", choices=DEVICES, help="auto (CUDA when available), cpu, cuda")
+    init.add_argument("--media-root", help="folder of the images (default: the dataset's)")
+    init.add_argument("--document-root", help="Label Studio's LOCAL_FILES_DOCUMENT_ROOT")
+    init.add_argument("--url-prefix", help="image URLs: this prefix + path under --media-root")
+    init.add_argument("--title", help="Label Studio project title (default: folder name)")
+    init.add_argument(
+        "--stop-kappa",
+        type=float,
+        help="stabilizing predictions fire above this mean kappa of the last 3 rounds (0.99)",
+    )
+
+    def run_init(args: argparse.Namespace) -> int:
+        from alfm.labeling import init_project, parse_classes
+
+        keys = ("seed", "strategy", "strategy_params", "init", "init_params", "probe", "device",
+                "media_root", "document_root", "url_prefix", "title", "stop_kappa")  # fmt: skip
+        settings = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+        classes = parse_classes(args.classes) if args.classes else None
+        out = init_project(args.features, args.out, classes, **settings)
+        print(f"{out}: labeling project over {args.features}; next: alfm label next {out}")
+        return 0
+
+    init.set_defaults(handler=run_init)
+
+    proposal = project_command(
+        "next",
+        "propose the next batch to label (the same one until it is labeled)",
+        "Train the classifier on the labels so far and write the next batch to label: "
+        "rounds/NNN/batch.csv (id, path, predicted_label, confidence) and rounds/NNN/tasks.json "
+        "(Label Studio tasks with pre-annotations). The first batch comes from the init strategy. "
+        "While the last batch has ids without labels, the same batch is written again.",
+    )
+    proposal.add_argument("--budget", type=int, help="images in the batch (100)")
+    proposal.add_argument("--strategy", help="query strategy (default: the project's)")
+    proposal.add_argument("--strategy-params", type=json_object, help="JSON object")
+    proposal.add_argument(
+        "--skip-unlabeled",
+        action="store_true",
+        help="propose a new batch although the last one has ids without labels",
+    )
+
+    def run_next(args: argparse.Namespace) -> int:
+        from alfm.labeling import LabelingProject, next_batch
+
+        project = LabelingProject(args.project, args.features)
+        budget = {} if args.budget is None else {"budget": args.budget}  # default: next_batch's
+        result = next_batch(
+            project,
+            strategy=args.strategy,
+            strategy_params=args.strategy_params,
+            skip_unlabeled=args.skip_unlabeled,
+            **budget,
+        )
+        batch = result.batch
+        state = "new batch" if result.new else f"batch still open, {result.unlabeled} to label"
+        print(
+            f"round {batch.round} ({state}): {len(batch.ids)} images by {batch.strategy}: "
+            f"{result.folder / 'batch.csv'}, {result.folder / 'tasks.json'}"
+        )
+        if result.images_problem:
+            print(f"note: no image paths ({result.images_problem})", file=sys.stderr)
+        return 0
+
+    proposal.set_defaults(handler=run_next)
+
+    importing = project_command(
+        "import",
+        "import labels: a Label Studio JSON export or a CSV id,label",
+        "Add the labels of FILE (a Label Studio JSON export, or a CSV with columns id,label and "
+        "optionally annotator) to the labels table. All or nothing: unknown ids, labels outside "
+        "the class list, ids never proposed and conflicting labels are reported and change "
+        "nothing; importing the same file twice changes nothing.",
+    )
+    importing.add_argument("file", help="JSON export or CSV")
+
+    def run_import(args: argparse.Namespace) -> int:
+        from alfm.labeling import LabelingProject, import_labels, read_import_file
+
+        project = LabelingProject(args.project, args.features)
+        entries, source = read_import_file(args.file)
+        result = import_labels(project, entries, source)
+        print(_import_summary(args.file, result))
+        return 0
+
+    importing.set_defaults(handler=run_import)
+
+    status = project_command(
+        "status",
+        "labels per class, accuracy and the stopping signals",
+        "Labels per class, classes never seen, rounds, the classifier's accuracy (on the "
+        "store's evaluation split, else cross-validated on the labels) and the stopping signals "
+        "that need no ground truth: stabilizing predictions (Bloodgood & Vijay-Shanker 2009), "
+        "the confidence peak (Vlachos 2008), selected accuracy (Zhu et al. 2008).",
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    def run_status(args: argparse.Namespace) -> int:
+        from alfm.labeling import LabelingProject, format_status, project_status
+
+        report = project_status(LabelingProject(args.project, args.features))
+        print(json.dumps(report, indent=2) if args.json else format_status(report))
+        return 0
+
+    status.set_defaults(handler=run_status)
+
+    export = project_command(
+        "export",
+        "write every image's label, or the classifier's prediction and confidence",
+        "Write a CSV id,label,status,confidence,annotator,round: the labels, and for the "
+        "unlabeled rest the current classifier's prediction with its confidence.",
+    )
+    export.add_argument("--out", help="CSV to write (default PROJECT/export.csv)")
+
+    def run_export(args: argparse.Namespace) -> int:
+        from pathlib import Path
+
+        from alfm.labeling import LabelingProject, export_project
+
+        project = LabelingProject(args.project, args.features)
+        print(export_project(project, args.out or Path(args.project) / "export.csv"))
+        return 0
+
+    export.set_defaults(handler=run_export)
+
+    push = project_command(
+        "push",
+        "upload the last batch to Label Studio as tasks with pre-annotations",
+        "Create (or reuse, by title) the Label Studio project with the class list as its "
+        "labeling config and upload the last batch's tasks that it lacks. The server: "
+        "$LABEL_STUDIO_URL and $LABEL_STUDIO_API_KEY (never stored in the project).",
+    )
+
+    def run_push(args: argparse.Namespace) -> int:
+        from alfm.label_studio import push_batch
+        from alfm.labeling import LabelingProject
+
+        result = push_batch(LabelingProject(args.project, args.features))
+        print(
+            f"Label Studio project {result.project_id}: {result.uploaded} tasks uploaded, "
+            f"{result.present} already there"
+        )
+        return 0
+
+    push.set_defaults(handler=run_push)
+
+    pull = project_command(
+        "pull",
+        "import the finished annotations from Label Studio",
+        "Export the Label Studio project's annotations and import them as alfm label import "
+        "does. The server: $LABEL_STUDIO_URL and $LABEL_STUDIO_API_KEY.",
+    )
+
+    def run_pull(args: argparse.Namespace) -> int:
+        from alfm.label_studio import pull_labels
+        from alfm.labeling import LabelingProject
+
+        project_id, result = pull_labels(LabelingProject(args.project, args.features))
+        print(_import_summary(f"Label Studio project {project_id}", result))
+        return 0
+
+    pull.set_defaults(handler=run_pull)
+
+
+def _import_summary(source: str, result: Any) -> str:
+    return (
+        f"{source}: {result.new} new labels, {result.changed} changed, "
+        f"{result.unchanged} already known"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_extract, add_run, add_aggregate, add_plot, add_list):
+    for add in (add_extract, add_run, add_aggregate, add_plot, add_list, add_label):
         add(sub)
     return parser
 
@@ -246,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
-        print(f"alfm {args.command}: error: {err}", file=sys.stderr)
+        command = " ".join(filter(None, [args.command, getattr(args, "label_command", None)]))
+        print(f"alfm {command}: error: {err}", file=sys.stderr)
         return 2
 
 

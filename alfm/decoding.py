@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
 from alfm.datasets import BadImageError, FileSplit
+from alfm.store import SKIPPED_LABEL
 
 JPEG = "jpeg"  # record kinds
 PIXELS = "pixels"
@@ -115,13 +116,13 @@ class EncodedSamples(TorchDataset):
                     return Record(JPEG, data, label, sample_id, str(path))
                 return Record(PIXELS, pil_decode(data, str(path), sample_id), label, sample_id)
             except OSError as err:
-                return Record(BAD, _NOTHING, -1, sample_id, str(path), str(err))
+                return Record(BAD, _NOTHING, SKIPPED_LABEL, sample_id, str(path), str(err))
             except BadImageError as err:
-                return Record(BAD, _NOTHING, -1, sample_id, err.path, err.reason)
+                return Record(BAD, _NOTHING, SKIPPED_LABEL, sample_id, err.path, err.reason)
         try:
             image, label, sample_id = self.split[index]
         except BadImageError as err:
-            return Record(BAD, _NOTHING, -1, err.sample_id, err.path, err.reason)
+            return Record(BAD, _NOTHING, SKIPPED_LABEL, err.sample_id, err.path, err.reason)
         return Record(PIXELS, pixels_of(image), int(label), str(sample_id))
 
 

@@ -45,7 +45,7 @@ from alfm.datasets import ArraySplit, FileSplit, create_dataset
 from alfm.decoding import DecodeCounts, EncodedBatch, EncodedSamples, decode_batch
 from alfm.devices import resolve_device
 from alfm.preprocess import BatchTransform
-from alfm.store import DEFAULT_CHUNK_ROWS, SPLITS, Shard, StoreWriter
+from alfm.store import DEFAULT_CHUNK_ROWS, SKIPPED_LABEL, SPLITS, Shard, StoreWriter
 
 DEFAULT_BATCH_SIZE = 128
 DECODE_MODES = ("auto", "cpu", "gpu")
@@ -105,8 +105,9 @@ def extract_features(
 
     ``out`` defaults to :func:`default_store_path`. A partial store of the same extraction is
     resumed; a complete one is left as it is. A corrupt image raises ``BadImageError`` naming the
-    file, unless ``skip_bad_images``: then its row gets label -1 and zero features, and the
-    ``skipped_images`` attribute lists it (``FeatureStore.load`` drops such rows).
+    file, unless ``skip_bad_images``: then its row gets ``SKIPPED_LABEL`` and zero features, and
+    the ``skipped_images`` attribute lists it (``FeatureStore.load`` drops such rows). Images of
+    unknown class (an unlabeled dataset) keep their features and ``UNKNOWN_LABEL``.
 
     ``decode``: where JPEG files are decoded: ``gpu`` by ``torchvision.io.decode_jpeg`` on the
     extraction device (nvJPEG on CUDA; on a CPU device torchvision's decoder in the main
@@ -209,7 +210,8 @@ class _Settings:
 
 @dataclass
 class Batch:
-    """A batch on the device: images (N, 3, S, S); labels (-1 for unreadable images), ids."""
+    """A batch on the device: images (N, 3, S, S); labels (``SKIPPED_LABEL`` for unreadable
+    images), ids."""
 
     images: torch.Tensor
     labels: np.ndarray
@@ -324,7 +326,7 @@ def _loaded_batches(
     counts: DecodeCounts,
 ) -> Iterator[Batch]:
     """Batches read by DataLoader workers (:mod:`alfm.decoding`), decoded and transformed on
-    the device. An unreadable image is a ``BadImageError`` unless skipped (label -1, zeros)."""
+    the device. An unreadable image is a ``BadImageError`` unless skipped (``SKIPPED_LABEL``)."""
     loader = DataLoader(
         EncodedSamples(split, device_jpeg),
         batch_sampler=ChunkBatches(chunks, settings.batch_size),
@@ -344,15 +346,15 @@ def _loaded_batches(
                 index = torch.as_tensor(good, device=settings.device)
                 images.index_copy_(0, index, transform([decoded[i] for i in good]))
         labels = encoded.labels.copy()
-        labels[list(errors)] = -1
+        labels[list(errors)] = SKIPPED_LABEL
         yield Batch(side.hand_over(images), labels, list(encoded.ids))
 
 
 class _ChunkSink:
     """Device-to-host copies and chunk writes in a background thread behind a bounded queue.
 
-    Batches of a chunk are gathered until the chunk is full, then written (zeros for rows
-    labelled -1). An error in the thread is raised in the caller at its next ``put`` or at
+    Batches of a chunk are gathered until the chunk is full, then written (zeros for skipped
+    rows). An error in the thread is raised in the caller at its next ``put`` or at
     ``close``; chunks completed before an error in the caller are still written.
     """
 
@@ -391,7 +393,7 @@ class _ChunkSink:
                 if event is not None:
                     event.synchronize()
                 features = features.numpy()
-                features[labels < 0] = 0
+                features[labels == SKIPPED_LABEL] = 0
                 gathered = parts.setdefault((split, chunk), [])
                 gathered.append((features, labels, ids))
                 rows = self.writer.chunk_slice(split, chunk)

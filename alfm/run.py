@@ -5,8 +5,9 @@ from a generator seeded by (seed, round, purpose), and per-run state (a strategy
 by :meth:`Strategy.prepare <alfm.strategies.Strategy.prepare>`) from one seeded by (seed,
 "prepare"), so a run resumed from its checkpoint, advanced one round per process, or extended to
 more evaluations, is bit-identical (on CPU) to one computed in a single go.
-:class:`ActiveLearningRun` holds one run in this process and does it step by step;
-:func:`run_active_learning` is the entry point.
+:class:`ActiveLearningRun` holds one run in this process and does it step by step, taking its
+batches from the steps of :class:`RoundSteps`, which the labeling loop (:mod:`alfm.labeling`)
+shares; :func:`run_active_learning` is the entry point.
 
 Files of a run written to ``OUT`` (all atomically: temporary file, then ``os.replace``):
 
@@ -56,7 +57,7 @@ from alfm.config import DEVICES, Config, check_known_keys, setting
 from alfm.devices import allow_tf32, resolve_device
 from alfm.probe import Probe, ProbeConfig, train_probe
 from alfm.records import RECORD_COLUMNS
-from alfm.store import SplitData, open_store, store_identity
+from alfm.store import UNKNOWN_LABEL, SplitData, open_store, store_identity
 from alfm.strategies import QueryContext, Strategy, create_strategy, query
 
 CHECKPOINT_FORMAT = 2
@@ -194,44 +195,29 @@ def run_active_learning(
     return run.write(target)
 
 
-class ActiveLearningRun:
-    """One run in this process: its config, the store's data on the run's device, its strategies
-    and the checkpoint state, with one method per step.
+class RoundSteps:
+    """The steps of AL rounds over one pool that need no labels but the labeled set's: the
+    initial batch, the probe of a round and the batch queried after it, each drawing from its
+    round's (seed, round, purpose) generator, plus per-run strategy state.
 
-    - Reusable steps: :meth:`train_classifier` (the probe on a labeled set) and :meth:`select`
-      (B points from a strategy given the labeled set and its probe, or none for an initial pool).
-    - Per-run state, which may depend only on the pool and the seed, is built once per process on
-      first use with the (seed, "prepare") generator: :meth:`prepare_strategy`. More per-run state
-      (e.g. a label-propagation graph) belongs beside it.
-    - The benchmark's rounds: :meth:`initial_pool`, :meth:`train_and_evaluate` and
-      :meth:`query_after` make up :meth:`compute_round`, which checkpoints;
-      :meth:`advance_to` computes the rounds up to a target; :meth:`write` writes the outputs.
+    The one definition of which generator each step of a round uses: the benchmark
+    (:class:`ActiveLearningRun`) and the real labeling loop (:mod:`alfm.labeling`) both take
+    their batches from these methods, so the same labels give the same selections in both.
 
-    Loading validates the store, the budget against the pool and the strategies, and refuses a
-    checkpoint of another run, all before anything is written.
+    - :meth:`train_classifier` and :meth:`select` take any generator;
+    - per-run state, which may depend only on the pool and the seed, is built once per process
+      on first use with the (seed, "prepare") generator: :meth:`prepare_strategy` (more per-run
+      state, e.g. a label-propagation graph, belongs beside it).
     """
 
-    def __init__(self, config: RunConfig, out: str | Path) -> None:
+    def __init__(self, config: RunConfig, pool: torch.Tensor, num_classes: int) -> None:
         self.config = config
-        self.out = Path(out)
-        self.device = resolve_device(config.device).type
-        store = open_store(config.features)
-        self.store_attrs = store.attrs
-        train, test = store.load("train"), store.load("test")
-        self.num_classes = _check_data(config.features, self.store_attrs, train, test)
-        self.sizes = checked_schedule(config.budget, self.num_classes, len(train.labels))
+        self.device = pool.device.type
+        self.pool = pool
+        self.num_classes = num_classes
         self.init_strategy, self.strategy = _create_strategies(config)
         self.probe_config = ProbeConfig.from_dict(config.probe)
-        self.identity = run_identity(config, self.store_attrs)
-        self.checkpoint = _sidecar(self.out, ".ckpt")
-        self.state = _load_checkpoint(self.checkpoint, self.identity)
-        self.pool = torch.as_tensor(train.features, dtype=torch.float32, device=self.device)
-        self.pool_labels = torch.as_tensor(train.labels, device=self.device)
-        self.test_features = torch.as_tensor(test.features, dtype=torch.float32, device=self.device)
-        self.test_labels = test.labels
         self._prepared: list[Strategy] = []
-
-    # --- reusable steps ---------------------------------------------------------------------
 
     def prepare_strategy(self, strategy: Strategy) -> None:
         """``strategy.prepare`` on the pool (no labeled points, no probe) with the (seed,
@@ -265,6 +251,63 @@ class ActiveLearningRun:
         ctx = QueryContext(self.pool, labeled, labels, self.num_classes, probe)
         return query(strategy, ctx, budget, generator).to("cpu", torch.int64)
 
+    def initial_batch(self, budget: int) -> torch.Tensor:
+        """The initial pool of ``budget`` points: the init strategy's pick from the raw features
+        with the (seed, 0, "init") generator."""
+        none = torch.empty(0, dtype=torch.int64, device=self.device)
+        generator = round_generator(self.config.seed, 0, "init", self.device)
+        return self.select(self.init_strategy, none, none, None, budget, generator)
+
+    def round_probe(self, round_number: int, labeled: torch.Tensor, labels: torch.Tensor) -> Probe:
+        """The probe of round ``round_number`` on its labeled set, with the (seed, round,
+        "probe") generator."""
+        generator = round_generator(self.config.seed, round_number, "probe", self.device)
+        return self.train_classifier(labeled, labels, generator)
+
+    def query_batch(
+        self,
+        round_number: int,
+        labeled: torch.Tensor,
+        labels: torch.Tensor,
+        probe: Probe,
+        budget: int,
+    ) -> torch.Tensor:
+        """The ``budget`` points queried after round ``round_number`` with its probe, with the
+        (seed, round, "query") generator."""
+        generator = round_generator(self.config.seed, round_number, "query", self.device)
+        return self.select(self.strategy, labeled, labels, probe, budget, generator)
+
+
+class ActiveLearningRun(RoundSteps):
+    """One benchmark run in this process: its config, the store's data on the run's device, its
+    strategies and the checkpoint state, with one method per step.
+
+    - The reusable steps of :class:`RoundSteps`.
+    - The benchmark's rounds: :meth:`initial_pool`, :meth:`train_and_evaluate` and
+      :meth:`query_after` make up :meth:`compute_round`, which checkpoints;
+      :meth:`advance_to` computes the rounds up to a target; :meth:`write` writes the outputs.
+
+    Loading validates the store, the budget against the pool and the strategies, and refuses a
+    checkpoint of another run, all before anything is written.
+    """
+
+    def __init__(self, config: RunConfig, out: str | Path) -> None:
+        self.out = Path(out)
+        device = resolve_device(config.device).type
+        store = open_store(config.features)
+        self.store_attrs = store.attrs
+        train, test = store.load("train"), store.load("test")
+        num_classes = _check_data(config.features, self.store_attrs, train, test)
+        self.sizes = checked_schedule(config.budget, num_classes, len(train.labels))
+        pool = torch.as_tensor(train.features, dtype=torch.float32, device=device)
+        super().__init__(config, pool, num_classes)
+        self.identity = run_identity(config, self.store_attrs)
+        self.checkpoint = _sidecar(self.out, ".ckpt")
+        self.state = _load_checkpoint(self.checkpoint, self.identity)
+        self.pool_labels = torch.as_tensor(train.labels, device=device)
+        self.test_features = torch.as_tensor(test.features, dtype=torch.float32, device=device)
+        self.test_labels = test.labels
+
     # --- the benchmark's rounds -------------------------------------------------------------
 
     def labeled_before(self, round_number: int) -> torch.Tensor:
@@ -272,22 +315,15 @@ class ActiveLearningRun:
         return _labeled(self.state.added, round_number, self.device)
 
     def initial_pool(self) -> torch.Tensor:
-        """The initial pool: the init strategy's pick from the raw features (round 0)."""
-        none = self.labeled_before(0)
-        generator = round_generator(self.config.seed, 0, "init", self.device)
-        return self.select(
-            self.init_strategy, none, self.pool_labels[none], None, self.sizes[0], generator
-        )
+        """The initial pool of the schedule's size (round 0)."""
+        return self.initial_batch(self.sizes[0])
 
     def train_and_evaluate(self, round_number: int) -> tuple[dict[str, Any], Probe]:
         """Train the probe on the labeled set of ``round_number`` and evaluate it on the test
         split: (the round's record, the probe)."""
         labeled = self.labeled_before(round_number)
         labels = self.pool_labels[labeled]
-        generator = round_generator(self.config.seed, round_number, "probe", self.device)
-        train_seconds, probe = _timed(
-            self.device, self.train_classifier, labeled, labels, generator
-        )
+        train_seconds, probe = _timed(self.device, self.round_probe, round_number, labeled, labels)
 
         def predict() -> np.ndarray:
             with torch.no_grad():
@@ -310,16 +346,14 @@ class ActiveLearningRun:
         ``round_number`` and add them; returns the query's seconds."""
         labeled = self.labeled_before(round_number)
         step = self.sizes[round_number] - self.sizes[round_number - 1]
-        generator = round_generator(self.config.seed, round_number, "query", self.device)
         seconds, chosen = _timed(
             self.device,
-            self.select,
-            self.strategy,
+            self.query_batch,
+            round_number,
             labeled,
             self.pool_labels[labeled],
             probe,
             step,
-            generator,
         )
         self.state.added.append(chosen)
         return seconds
@@ -484,6 +518,13 @@ def _host_peak_mb() -> float:
 
 def _check_data(path: str, attrs: Mapping[str, Any], train: SplitData, test: SplitData) -> int:
     """Validate the store's data for a run; returns the number of classes."""
+    for split, data in (("train", train), ("test", test)):
+        unknown = int(np.sum(data.labels == UNKNOWN_LABEL))
+        if unknown:
+            raise ValueError(
+                f"feature store {path}: {unknown} {split} rows have unknown labels (an unlabeled "
+                "dataset, for alfm label); an AL benchmark run needs every label"
+            )
     num_classes = attrs.get("num_classes")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(
@@ -604,7 +645,7 @@ def _save_checkpoint(path: Path, identity: dict[str, Any], state: _State) -> Non
         "probe_state": state.probe_state,
         "computed": state.computed,
     }
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
@@ -619,7 +660,7 @@ def _restore_probe(state: dict[str, torch.Tensor] | None, dropout: float, device
 
 
 @contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh name created by the writer itself, so the file gets the usual umask permissions.
@@ -639,7 +680,7 @@ def _records_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def _write_indices(path: Path, added: list[torch.Tensor]) -> None:
     arrays = {f"round_{r}": idx.numpy() for r, idx in enumerate(added, start=1)}
-    with _atomic(path) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
 
 
@@ -655,7 +696,7 @@ def _write_parquet(path: Path, frame: pd.DataFrame, metadata: dict[str, Any]) ->
     table = table.replace_schema_metadata(
         {**existing, b"alfm": json.dumps(metadata, sort_keys=True, default=str).encode()}
     )
-    with _atomic(path) as tmp:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
 

@@ -5,7 +5,7 @@ Layout::
     store.zarr/                  group attrs: backbone, weights_sha256, preprocessing, dataset,
       train/                       num_classes, class_names, dtype, versions, created, complete, ...
         features   (N, D)        float16 (default) or float32, chunked along rows
-        labels     (N,)          int64
+        labels     (N,)          int64: a class, UNKNOWN_LABEL (-1) or SKIPPED_LABEL (-2)
         ids        (N,)          str
         chunks_done (n_chunks,)  bool, set after a chunk's three arrays are written
       test/ ...
@@ -21,6 +21,11 @@ first creates the store: it is built in a private temporary directory and rename
 so the others (on any host sharing the file system) either find no store or a whole one. Each
 process records what it did in a child group ``extract_runs/<shard>`` (its attributes); only
 :meth:`StoreWriter.finish`, once every chunk is done, writes the store's own attributes.
+
+Two labels are not classes: ``UNKNOWN_LABEL`` (-1) marks an image whose class nobody knows yet (an
+unlabeled dataset, for ``alfm label``); ``SKIPPED_LABEL`` (-2) marks an unreadable image skipped
+during extraction (its id is also listed in the ``skipped_images`` attribute, its features are
+zeros). :meth:`FeatureStore.load` leaves skipped rows out and keeps unknown ones.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ import zarr
 SPLITS = ("train", "test")
 DTYPES = ("float16", "float32")
 DEFAULT_CHUNK_ROWS = 2048
+UNKNOWN_LABEL = -1  # an image whose class is not known (yet)
+SKIPPED_LABEL = -2  # an unreadable image skipped during extraction
 # Attributes that define a store's rows: resuming into a store that differs in any of them is an
 # error rather than a silent mix of two extractions, and a run's identity includes them.
 IDENTITY_KEYS = (
@@ -130,12 +137,12 @@ class FeatureStore:
     def load(self, split: str, *, include_skipped: bool = False) -> SplitData:
         """Read one split fully into memory.
 
-        Rows of images skipped during extraction (label -1) are left out unless
-        ``include_skipped``.
+        Rows of images skipped during extraction (``SKIPPED_LABEL``) are left out unless
+        ``include_skipped``; rows of unknown class (``UNKNOWN_LABEL``) are kept.
         """
         group = self._split(split)
         labels = np.asarray(group["labels"][:], dtype=np.int64)
-        keep = slice(None) if include_skipped else labels >= 0
+        keep = slice(None) if include_skipped else labels != SKIPPED_LABEL
         return SplitData(
             features=np.asarray(group["features"][:])[keep],
             labels=labels[keep],
@@ -321,12 +328,12 @@ class StoreWriter:
         group["chunks_done"][index] = True
 
     def skipped_ids(self) -> dict[str, list[str]]:
-        """Ids of the rows written with label -1 (skipped images), per split."""
+        """Ids of the rows written with ``SKIPPED_LABEL`` (skipped images), per split."""
         skipped = {}
         for split in SPLITS:
             labels = np.asarray(self._group[split]["labels"][:])
             ids = np.asarray(self._group[split]["ids"][:], dtype=object)
-            skipped[split] = [str(i) for i in ids[labels < 0]]
+            skipped[split] = [str(i) for i in ids[labels == SKIPPED_LABEL]]
         return skipped
 
     def finish(self, extra_attrs: Mapping[str, Any] | None = None, *, shards: int = 1) -> None:

@@ -4,6 +4,7 @@ the reference's datasets on tiny fake copies of their layouts, class-count check
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from alfm.datasets import (
 )
 from alfm.datasets.reference import BIOMEDICAL
 from alfm.registry import UnknownNameError
+from alfm.store import UNKNOWN_LABEL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -560,3 +562,59 @@ def test_biomedical_layout_errors(tmp_path):
     (tmp_path / "train").rmdir()
     with pytest.raises(FileNotFoundError, match="no images in class folders"):
         create_dataset("pollen", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The unlabeled mode (alfm label): manifest split "unlabeled", image folder unlabeled/
+
+
+def test_manifest_unlabeled_rows_join_train_with_unknown_labels(image_files):
+    root, records = image_files
+    rows = [(p, c, s) for p, c, s in records if s == "test"]  # an evaluation split only
+    rows += [(p, "", "unlabeled") for p, _, s in records if s == "train"]
+    data = create_dataset("manifest", _write_manifest(root, rows))
+    assert data.class_names == ["cat", "dog"]
+    train, test = data.split("train"), data.split("test")
+    assert [label for _, label, _ in train] == [UNKNOWN_LABEL] * 8
+    assert [label for _, label, _ in test] == [0, 0, 1, 1]
+    assert train[0][2] == "train/cat/cat0.png"
+
+
+def test_manifest_unlabeled_without_any_label_or_test_rows(image_files):
+    root, records = image_files
+    rows = [(p, "", "unlabeled") for p, _, _ in records]
+    data = create_dataset("manifest", _write_manifest(root, rows))
+    assert data.class_names == [] and len(data.split("test")) == 0
+    assert len(data.split("train")) == 12
+
+
+def test_manifest_unlabeled_rule_errors(image_files):
+    root, records = image_files
+    rows = [(p, c, s) for p, c, s in records] + [("train/cat/cat0.png", "cat", "unlabeled")]
+    with pytest.raises(ValueError, match=r"split 'unlabeled' with a label on line\(s\) 14; leave"):
+        create_dataset("manifest", _write_manifest(root, rows))
+    rows = [(p, "" if i == 0 else c, s) for i, (p, c, s) in enumerate(records)]
+    with pytest.raises(ValueError, match=r"line\(s\) 2; every row needs .* or split 'unlabeled'"):
+        create_dataset("manifest", _write_manifest(root, rows))
+    bad = _write_manifest(root, records, extra="x.png,,holdout\n")
+    with pytest.raises(ValueError, match="split 'holdout' is not train or test or unlabeled"):
+        create_dataset("manifest", bad)
+
+
+def test_image_folder_unlabeled(image_files):
+    root, _ = image_files
+    (root / "train").rename(root / "unlabeled")
+    data = create_dataset("imagefolder", root)
+    assert data.class_names == ["cat", "dog"]  # from test/
+    train = data.split("train")
+    assert len(train) == 8 and {label for _, label, _ in train} == {UNKNOWN_LABEL}
+    assert train[0][2] == "unlabeled/cat/cat0.png"
+    assert [label for _, label, _ in data.split("test")] == [0, 0, 1, 1]
+    shutil.rmtree(root / "test")
+    alone = create_dataset("imagefolder", root)
+    assert alone.class_names == [] and len(alone.split("test")) == 0
+    for folder in (root / "unlabeled").rglob("*"):
+        if folder.is_file():
+            folder.unlink()
+    with pytest.raises(FileNotFoundError, match="no images under"):
+        create_dataset("imagefolder", root)

@@ -23,7 +23,7 @@ from alfm.cli import main
 from alfm.datasets import BadImageError, Dataset, create_dataset
 from alfm.extract import default_store_path, extract_features, finalize_store, fold_batch_norms
 from alfm.registry import UnknownNameError
-from alfm.store import IncompleteStoreError, Shard, StoreWriter, open_store
+from alfm.store import SKIPPED_LABEL, IncompleteStoreError, Shard, StoreWriter, open_store
 
 FAST = {"image_size": 32, "num_workers": 0, "progress": False}
 
@@ -154,7 +154,7 @@ def test_corrupt_image_error_or_skip(tmp_path, image_files):
     train = store.load("train")
     assert len(train.ids) == 7 and "train/dog/dog1.png" not in set(train.ids)
     everything = store.load("train", include_skipped=True)
-    assert everything.labels.tolist() == [0, 0, 0, 0, 1, -1, 1, 1]
+    assert everything.labels.tolist() == [0, 0, 0, 0, 1, SKIPPED_LABEL, 1, 1]
     assert not everything.features[5].any() and everything.features[4].any()
 
 

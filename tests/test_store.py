@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from alfm.store import (
+    SKIPPED_LABEL,
+    UNKNOWN_LABEL,
     IncompleteStoreError,
     Shard,
     SplitData,
@@ -141,3 +143,15 @@ def test_shards_split_the_chunks_and_finish_names_missing_ones(tmp_path):
         writer.finish(shards=2)
     assert list(writer.run_records()) == ["shard-0-of-2"]
     assert writer.run_records()["shard-0-of-2"]["shard"] == "0/2"
+
+
+def test_unknown_labels_are_kept_and_skipped_rows_dropped(tmp_path):
+    """-1 (a class nobody knows yet) is a row of the pool; -2 (an unreadable image) is not."""
+    train = _split(6, 2, 0, "tr")
+    labels = np.array([0, UNKNOWN_LABEL, 1, SKIPPED_LABEL, UNKNOWN_LABEL, 2])
+    train = SplitData(train.features, labels, train.ids)
+    store = write_store(tmp_path / "s.zarr", train, _split(2, 2, 1, "te"), chunk_rows=4)
+    got = store.load("train")
+    assert got.labels.tolist() == [0, -1, 1, -1, 2]
+    assert list(got.ids) == ["tr0", "tr1", "tr2", "tr4", "tr5"]
+    assert store.load("train", include_skipped=True).labels.tolist() == labels.tolist()

@@ -5,6 +5,11 @@
   ``root`` is the CSV file or a folder holding ``manifest.csv``; relative paths resolve against
   the CSV's folder.
 
+Both have an unlabeled mode, for ``alfm label``: images under ``root/unlabeled/`` (any depth), or
+manifest rows of split ``unlabeled`` (label left empty), join the train split with label
+``UNKNOWN_LABEL``; the labeled train and test folders (rows) are then optional, the test split
+serving as an evaluation split.
+
 Folder class names sort as plain strings (as torchvision's ``ImageFolder`` does); manifest labels
 follow ``canonical_label`` and sort numbers first, by value.
 """
@@ -30,8 +35,10 @@ from alfm.datasets.base import (
     require_root,
     stratified_split,
 )
+from alfm.store import UNKNOWN_LABEL
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+UNLABELED = "unlabeled"  # the folder / manifest split of images whose class is unknown
 
 
 def load_image(path: Path, sample_id: str) -> Image.Image:
@@ -84,13 +91,13 @@ def folder_splits(
 ) -> tuple[list[str], dict[str, FileSplit]]:
     """Class-per-subfolder image folders: each split joins its ``folders`` in order.
 
-    Class names are the sorted subfolders of the first train folder; every other folder's
-    classes must be among them. Ids are paths relative to ``root``.
+    Class names are the sorted subfolders of the first folder (train's, where given); every other
+    folder's classes must be among them. Ids are paths relative to ``root``.
     """
     for folder in (f for parts in folders.values() for f in parts):
         if not folder.is_dir():
             raise FileNotFoundError(f"dataset {name!r}: {root} lacks {folder.name}/ ({layout})")
-    first = folders["train"][0]
+    first = next(iter(folders.values()))[0]
     class_names = [d.name for d in _subfolders(first)]
     index = {c: i for i, c in enumerate(class_names)}
     splits = {}
@@ -113,15 +120,39 @@ def folder_splits(
     return class_names, splits
 
 
-IMAGE_FOLDER_LAYOUT = "a folder with train/<class>/ and test/<class>/ (or val/)"
+IMAGE_FOLDER_LAYOUT = (
+    "a folder with train/<class>/ and test/<class>/ (or val/), or unlabeled/ with optional "
+    "train/<class>/ and test/<class>/"
+)
 
 
 def image_folder(name: str, root: Path | None) -> Dataset:
-    """ImageNet-style folders: ``root/train/<class>/*`` and ``root/test|val/<class>/*``."""
+    """ImageNet-style folders: ``root/train/<class>/*`` and ``root/test|val/<class>/*``.
+
+    With ``root/unlabeled/``, its images (any depth, ids ``unlabeled/...``) join the train split
+    with ``UNKNOWN_LABEL``; ``train/`` and ``test/`` are then optional, and the class names those
+    of the class folders present (none without them: name them in ``alfm label init``).
+    """
     root = require_root(name, root, IMAGE_FOLDER_LAYOUT)
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), root / "test")
     folders = {"train": [root / "train"], "test": [test_dir]}
-    class_names, splits = folder_splits(name, root, folders, IMAGE_FOLDER_LAYOUT)
+    if not (root / UNLABELED).is_dir():
+        class_names, splits = folder_splits(name, root, folders, IMAGE_FOLDER_LAYOUT)
+        return Dataset(name, class_names, splits)
+    present = {split: parts for split, parts in folders.items() if parts[0].is_dir()}
+    class_names, splits = (
+        folder_splits(name, root, present, IMAGE_FOLDER_LAYOUT) if present else ([], {})
+    )
+    unlabeled = list_images(root / UNLABELED)
+    if not unlabeled:
+        raise FileNotFoundError(f"dataset {name!r}: no images under {root / UNLABELED}")
+    train = splits.get("train", FileSplit([], [], []))
+    splits["train"] = FileSplit(
+        train.paths + unlabeled,
+        train.labels + [UNKNOWN_LABEL] * len(unlabeled),
+        train.ids + [p.relative_to(root).as_posix() for p in unlabeled],
+    )
+    splits.setdefault("test", FileSplit([], [], []))
     return Dataset(name, class_names, splits)
 
 
@@ -179,23 +210,35 @@ def _line_list(lines: Sequence[int]) -> str:
     return shown + more
 
 
-def manifest_labels(raw: Sequence[str], lines: Sequence[int], source: Path) -> list[str]:
-    """The canonical labels of a manifest's rows (``lines``: their CSV line numbers).
+def manifest_labels(
+    raw: Sequence[str],
+    lines: Sequence[int],
+    source: Path,
+    unlabeled: Sequence[bool] | None = None,
+) -> list[str | None]:
+    """The canonical labels of a manifest's rows (``lines``: their CSV line numbers); None for
+    the rows flagged ``unlabeled`` (split ``unlabeled``), whose class is unknown.
 
-    A row without a label (empty, blank, or ``nan``: a missing value passed through ``str``) is an
-    error listing every such line: this is the one place that decides that every row must be
-    labeled.
+    A labeled row without a label (empty, blank, or ``nan``: a missing value passed through
+    ``str``), and an unlabeled row with one, are errors listing every such line: this is the one
+    place that decides which rows must be labeled.
     """
     labels = [canonical_label(text) for text in raw]
-    missing = [
-        line for line, label in zip(lines, labels, strict=True) if label.lower() in MISSING_LABELS
-    ]
+    flags = unlabeled if unlabeled is not None else [False] * len(labels)
+    empty = [label.lower() in MISSING_LABELS for label in labels]
+    missing = [line for line, e, u in zip(lines, empty, flags, strict=True) if e and not u]
     if missing:
         raise ValueError(
-            f"manifest {source}: no label on line(s) {_line_list(missing)}; "
-            f"every row needs a class label"
+            f"manifest {source}: no label on line(s) {_line_list(missing)}; every row needs a "
+            f"class label, or split {UNLABELED!r} where its class is unknown"
         )
-    return labels
+    labeled = [line for line, e, u in zip(lines, empty, flags, strict=True) if u and not e]
+    if labeled:
+        raise ValueError(
+            f"manifest {source}: split {UNLABELED!r} with a label on line(s) "
+            f"{_line_list(labeled)}; leave the label empty or give the row split train"
+        )
+    return [None if u else label for label, u in zip(labels, flags, strict=True)]
 
 
 def class_order(labels: Sequence[str]) -> list[str]:
@@ -210,13 +253,15 @@ def class_order(labels: Sequence[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class ManifestFormat:
-    """A manifest's column names, its split values (→ our split) and its images' folder."""
+    """A manifest's column names, its split values (→ our split), its images' folder, and
+    whether split ``unlabeled`` (train rows of unknown class) is allowed."""
 
     path: str = "path"
     label: str = "label"
     split: str = "split"
     splits: Mapping[str, str] = field(default_factory=lambda: {s: s for s in SPLITS})
     images: str = ""  # paths resolve against this folder, relative to the CSV's
+    unlabeled: bool = False
 
 
 def read_manifest(name: str, csv_path: Path, form: ManifestFormat = ManifestFormat()) -> Dataset:
@@ -230,38 +275,42 @@ def read_manifest(name: str, csv_path: Path, form: ManifestFormat = ManifestForm
             raise ValueError(f"manifest {csv_path} lacks column(s) {', '.join(sorted(missing))}")
         rows = [(reader.line_num, row) for row in reader]
     lines = [line for line, _ in rows]
-    allowed = " or ".join(form.splits)
+    targets = {**form.splits, **({UNLABELED: "train"} if form.unlabeled else {})}
+    allowed = " or ".join(targets)
     for line, row in rows:
-        if row[form.split].strip() not in form.splits:
+        if row[form.split].strip() not in targets:
             raise ValueError(
                 f"manifest {csv_path} line {line}: split {row[form.split]!r} is not {allowed}"
             )
     no_path = [line for line, row in rows if not row[form.path].strip()]
     if no_path:
         raise ValueError(f"manifest {csv_path}: no path on line(s) {_line_list(no_path)}")
-    labels = manifest_labels([row[form.label] for _, row in rows], lines, csv_path)
-    class_names = class_order(labels)
+    unknown = [row[form.split].strip() == UNLABELED for _, row in rows]
+    labels = manifest_labels([row[form.label] for _, row in rows], lines, csv_path, unknown)
+    class_names = class_order([label for label in labels if label is not None])
     index = {c: i for i, c in enumerate(class_names)}
     images = csv_path.parent / form.images
     splits: dict[str, TorchDataset] = {}
     for split in SPLITS:
         chosen = [
-            (row[form.path].strip(), label)
+            (row[form.path].strip(), UNKNOWN_LABEL if label is None else index[label])
             for (_, row), label in zip(rows, labels, strict=True)
-            if form.splits[row[form.split].strip()] == split
+            if targets[row[form.split].strip()] == split
         ]
-        if not chosen:
+        if not chosen and not any(unknown):  # with unlabeled rows, the test split is optional
             raise ValueError(f"manifest {csv_path} has no rows with split {split!r}")
         paths = [images / path for path, _ in chosen]
         ids = [path for path, _ in chosen]
-        splits[split] = FileSplit(paths, [index[label] for _, label in chosen], ids)
+        splits[split] = FileSplit(paths, [label for _, label in chosen], ids)
     return Dataset(name, class_names, splits)
 
 
 def manifest(root: Path | None) -> Dataset:
-    """A CSV manifest with columns ``path,label,split``; class names are the canonical labels."""
+    """A CSV manifest with columns ``path,label,split``; class names are the canonical labels.
+    Rows of split ``unlabeled`` (label empty) join train with ``UNKNOWN_LABEL``."""
     root = require_root("manifest", root, "a CSV file with columns path,label,split")
-    return read_manifest("manifest", root / "manifest.csv" if root.is_dir() else root)
+    csv_path = root / "manifest.csv" if root.is_dir() else root
+    return read_manifest("manifest", csv_path, ManifestFormat(unlabeled=True))
 
 
 # ---------------------------------------------------------------------------------------------
