@@ -10,7 +10,8 @@ extraction computes every chunk exactly as an uninterrupted one does):
    with the per-image CPU transform's pixels. On CUDA this runs on a side stream, so the next
    batch is decoded and transformed while the model runs on the current one.
 3. The model (eval mode, batch norms folded into their convolutions, channels_last; bf16
-   autocast on CUDA, fp32 on the CPU; optionally ``torch.compile``) embeds the batch.
+   autocast on CUDA, fp32 on the CPU, torch threads capped at the cores available; optionally
+   ``torch.compile``) embeds the batch.
 4. A background thread copies the features to the host (pinned, non-blocking on CUDA) and writes
    each chunk once its rows are in, behind a bounded queue, so a write never stalls the model.
 
