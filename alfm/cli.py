@@ -12,8 +12,14 @@ from alfm.config import DEVICES, add_arguments, parsed_arguments
 
 
 def add_extract(sub: argparse._SubParsersAction) -> None:
-    """``alfm extract``: build (or resume) the feature store of one model on one dataset."""
-    parser = sub.add_parser("extract", help="extract features of a model on a dataset")
+    """``alfm extract``: build (or resume) the feature store of one model on one dataset, or one
+    shard of it (``--shard i/N``), or finalize a sharded store (``--finalize``)."""
+    parser = sub.add_parser(
+        "extract",
+        help="extract features of a model on a dataset",
+        description="Extract (or resume) a feature store. Sharded: run --shard i/N for i = 0 .. "
+        "N-1 (at once, anywhere the store's folder is shared), then --finalize.",
+    )
     parser.add_argument("--model", default="mobilenet_v2", help="backbone name (alfm list models)")
     parser.add_argument("--dataset", default="animal_mnist", help="dataset (alfm list datasets)")
     parser.add_argument("--root", help="local files of the dataset, where it needs them")
@@ -28,29 +34,64 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--skip-bad-images", action="store_true", help="skip and record unreadable images"
     )
+    parser.add_argument(
+        "--decode",
+        choices=["auto", "cpu", "gpu"],
+        default="auto",
+        help="JPEG decoding: gpu = on the extraction device (nvJPEG), cpu = PIL in the "
+        "workers, auto = gpu on CUDA (default)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (compile time apart)"
+    )
+    parser.add_argument(
+        "--shard", metavar="I/N", help="extract only shard I of N (0-based); then --finalize"
+    )
+    parser.add_argument(
+        "--finalize",
+        action="store_true",
+        help="check every chunk of a sharded store and mark it complete (extracts nothing)",
+    )
+    parser.add_argument(
+        "--shards", type=int, help="with --finalize: the shard count, to name missing shards"
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def handler(args: argparse.Namespace) -> int:
         set_threads(args.threads)
-        from alfm.extract import extract_features
-        from alfm.store import open_store
+        from alfm.extract import default_store_path, extract_features, finalize_store
+        from alfm.store import IncompleteStoreError, Shard, open_store
 
-        path = extract_features(
-            args.model,
-            args.dataset,
-            args.out,
-            root=args.root,
-            model_dir=args.model_dir,
-            batch_size=args.batch_size,
-            num_workers=args.workers,
-            device=args.device,
-            dtype=args.dtype,
-            random_init=args.random_init,
-            skip_bad_images=args.skip_bad_images,
-            image_size=args.image_size,
-            progress=not args.quiet,
-        )
+        try:
+            if args.finalize:
+                path = finalize_store(
+                    args.out or default_store_path(args.model, args.dataset), args.shards
+                )
+            else:
+                path = extract_features(
+                    args.model,
+                    args.dataset,
+                    args.out,
+                    root=args.root,
+                    model_dir=args.model_dir,
+                    batch_size=args.batch_size,
+                    num_workers=args.workers,
+                    device=args.device,
+                    dtype=args.dtype,
+                    random_init=args.random_init,
+                    skip_bad_images=args.skip_bad_images,
+                    image_size=args.image_size,
+                    decode=args.decode,
+                    compile=args.compile,
+                    shard=None if args.shard is None else Shard.parse(args.shard),
+                    progress=not args.quiet,
+                )
+        except IncompleteStoreError as err:
+            raise ValueError(str(err)) from err
+        if args.shard is not None and not args.finalize:
+            print(f"{path}: shard {args.shard} done; finalize with --finalize after all shards")
+            return 0
         store = open_store(path)
         skipped = sum(len(ids) for ids in store.attrs.get("skipped_images", {}).values())
         print(

@@ -15,6 +15,13 @@ Every chunk write is atomic (zarr's local store writes through a temporary file 
 ``complete`` becomes true only after every chunk of both splits is done. A killed writer therefore
 never leaves a store that reads as complete, and a rerun continues with the missing chunks.
 
+Shards: several processes may write one store at once, each its own chunks (:class:`Shard`:
+chunk ``g`` of the train-then-test chunk sequence belongs to shard ``g mod N``). Whichever comes
+first creates the store: it is built in a private temporary directory and renamed into place,
+so the others (on any host sharing the file system) either find no store or a whole one. Each
+process records what it did in a child group ``extract_runs/<shard>`` (its attributes); only
+:meth:`StoreWriter.finish`, once every chunk is done, writes the store's own attributes.
+
 Two labels are not classes: ``UNKNOWN_LABEL`` (-1) marks an image whose class nobody knows yet (an
 unlabeled dataset, for ``alfm label``); ``SKIPPED_LABEL`` (-2) marks an unreadable image skipped
 during extraction (its id is also listed in the ``skipped_images`` attribute, its features are
@@ -25,8 +32,11 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
+import re
 import shutil
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,8 +67,40 @@ IDENTITY_KEYS = (
 _VERSION_PACKAGES = ("alfm", "torch", "torchvision", "timm", "open_clip_torch", "zarr", "numpy")
 
 
+RUNS_GROUP = "extract_runs"
+
+
 class IncompleteStoreError(RuntimeError):
     """A store whose writer has not finished (still running, killed or failed)."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (0-based): the chunks ``g`` with ``g mod count == index``,
+    numbering the train chunks first, then the test chunks."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"shard must be i/N with 0 <= i < N, got {self.index}/{self.count}")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """``"i/N"`` as a shard (``"1/4"``: the second of four)."""
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if match is None:
+            raise ValueError(f"shard must be written i/N (e.g. 0/4), got {text!r}")
+        return cls(int(match[1]), int(match[2]))
+
+    @property
+    def name(self) -> str:
+        """``shard-<i>-of-<N>``: the shard's record in ``extract_runs``."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
 
 
 @dataclass(frozen=True)
@@ -205,32 +247,26 @@ class StoreWriter:
         attrs = json.loads(json.dumps(dict(attrs)))  # compare as stored: tuples become lists
         attrs = {**attrs, "dtype": dtype, "dim": int(dim), "chunk_rows": int(chunk_rows)}
         attrs["sizes"] = {split: int(sizes[split]) for split in SPLITS}
-        if (path / "zarr.json").is_file():
-            group = _open_group(path)
-            _check_same(path, dict(group.attrs), attrs)
-            group = zarr.open_group(str(path), mode="r+", zarr_format=3)
-            return cls(path, group, chunk_rows)
-        if path.exists() and any(path.iterdir()):
-            raise FileExistsError(f"{path} exists and is not a feature store; choose another --out")
-        group = zarr.open_group(str(path), mode="w", zarr_format=3)
-        for split in SPLITS:
-            n = int(sizes[split])
-            n_chunks = -(-n // chunk_rows)
-            rows = max(1, min(chunk_rows, n))
-            sub = group.create_group(split)
-            sub.create_array("features", shape=(n, dim), chunks=(rows, dim), dtype=dtype)
-            sub.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", fill_value=-1)
-            sub.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)
-            sub.create_array("chunks_done", shape=(n_chunks,), chunks=(1,), dtype=bool)
-        group.attrs.update(
-            {
-                **attrs,
-                "versions": package_versions(),
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                "complete": False,
-            }
-        )
+        if not (path / "zarr.json").is_file():
+            # a store renamed into place by another shard appears whole, zarr.json included
+            if path.exists() and any(path.iterdir()) and not (path / "zarr.json").is_file():
+                raise FileExistsError(
+                    f"{path} exists and is not a feature store; choose another --out"
+                )
+            _create_store(path, attrs, sizes, dim, dtype, chunk_rows)
+        group = _open_group(path)
+        _check_same(path, dict(group.attrs), attrs)
+        group = zarr.open_group(str(path), mode="r+", zarr_format=3)
         return cls(path, group, chunk_rows)
+
+    @classmethod
+    def resume(cls, path: str | Path) -> StoreWriter:
+        """Open an existing store for writing as it is (no identity to check: finalizing)."""
+        path = Path(path)
+        group = _open_group(path)
+        return cls(
+            path, zarr.open_group(str(path), mode="r+", zarr_format=3), group.attrs["chunk_rows"]
+        )
 
     @property
     def complete(self) -> bool:
@@ -246,10 +282,33 @@ class StoreWriter:
         n = int(self._group[split]["features"].shape[0])
         return slice(index * self.chunk_rows, min((index + 1) * self.chunk_rows, n))
 
-    def pending_chunks(self, split: str) -> list[int]:
-        """Chunks of ``split`` not yet written, in order."""
+    def pending_chunks(self, split: str, shard: Shard = Shard()) -> list[int]:
+        """Chunks of ``split`` not yet written that belong to ``shard`` (default: all), in
+        order."""
         done = np.asarray(self._group[split]["chunks_done"][:], dtype=bool)
-        return [int(i) for i in np.flatnonzero(~done)]
+        first = sum(self.num_chunks(s) for s in SPLITS[: SPLITS.index(split)])
+        return [int(i) for i in np.flatnonzero(~done) if (first + i) % shard.count == shard.index]
+
+    def record_run(self, shard: Shard, record: Mapping[str, Any]) -> None:
+        """Record what one process did for ``shard`` (``extract_runs/<shard>``; replaces an
+        earlier record of the same shard). Safe while other shards write theirs."""
+        runs = zarr.open_group(str(self.path / RUNS_GROUP), mode="a", zarr_format=3)
+        entry = runs.require_group(shard.name)
+        entry.attrs.update(
+            {
+                **json.loads(json.dumps(dict(record))),
+                "shard": str(shard),
+                "host": socket.gethostname(),
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+            }
+        )
+
+    def run_records(self) -> dict[str, dict[str, Any]]:
+        """Every process record, by shard name."""
+        if RUNS_GROUP not in self._group:
+            return {}
+        runs = self._group[RUNS_GROUP]
+        return {name: dict(entry.attrs) for name, entry in sorted(runs.groups())}
 
     def write_chunk(
         self, split: str, index: int, features: np.ndarray, labels: np.ndarray, ids: np.ndarray
@@ -277,12 +336,64 @@ class StoreWriter:
             skipped[split] = [str(i) for i in ids[labels == SKIPPED_LABEL]]
         return skipped
 
-    def finish(self, extra_attrs: Mapping[str, Any] | None = None) -> None:
-        """Mark the store complete; every chunk of every split must be done."""
-        missing = {split: self.pending_chunks(split) for split in SPLITS}
-        if any(missing.values()):
-            raise IncompleteStoreError(f"cannot finish {self.path}: chunks missing {missing}")
+    def finish(self, extra_attrs: Mapping[str, Any] | None = None, *, shards: int = 1) -> None:
+        """Mark the store complete; every chunk of every split must be done.
+
+        Otherwise ``IncompleteStoreError`` lists the missing chunks by the shard of ``shards``
+        that owns them, so a missing shard names itself.
+        """
+        missing = {}
+        for index in range(shards):
+            shard = Shard(index, shards)
+            chunks = {split: self.pending_chunks(split, shard) for split in SPLITS}
+            if any(chunks.values()):
+                missing[shard] = chunks
+        if missing:
+            owners = "; ".join(
+                (f"shard {shard}: " if shards > 1 else "")
+                + ", ".join(f"{split} chunks {c}" for split, c in chunks.items() if c)
+                for shard, chunks in missing.items()
+            )
+            raise IncompleteStoreError(f"cannot finish {self.path}: chunks missing: {owners}")
         self._group.attrs.update({**(extra_attrs or {}), "complete": True})
+
+
+def _create_store(
+    path: Path,
+    attrs: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    dim: int,
+    dtype: str,
+    chunk_rows: int,
+) -> None:
+    """Build the empty store in a private directory beside ``path`` and rename it into place;
+    when another process got there first, its store stays and this one is dropped."""
+    staging = path.with_name(f".{path.name}.creating-{socket.gethostname()}-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    group = zarr.open_group(str(staging), mode="w", zarr_format=3)
+    for split in SPLITS:
+        n = int(sizes[split])
+        n_chunks = -(-n // chunk_rows)
+        rows = max(1, min(chunk_rows, n))
+        sub = group.create_group(split)
+        sub.create_array("features", shape=(n, dim), chunks=(rows, dim), dtype=dtype)
+        sub.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", fill_value=-1)
+        sub.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)
+        sub.create_array("chunks_done", shape=(n_chunks,), chunks=(1,), dtype=bool)
+    group.attrs.update(
+        {
+            **attrs,
+            "versions": package_versions(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "complete": False,
+        }
+    )
+    try:
+        os.rename(staging, path)  # atomic; replaces an empty directory, fails on a full one
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (path / "zarr.json").is_file():
+            raise
 
 
 def _check_same(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) -> None:

@@ -1,4 +1,5 @@
-"""Extraction end to end: stores, determinism, kill -9 resume, bad inputs, the CLI."""
+"""Extraction end to end: stores, determinism, kill -9 resume, bad inputs, shards, device
+decoding, the CLI."""
 
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
 from alfm.backbones import create_backbone
 from alfm.cli import main
 from alfm.datasets import BadImageError, Dataset, create_dataset
-from alfm.extract import default_store_path, extract_features
+from alfm.extract import default_store_path, extract_features, finalize_store, fold_batch_norms
 from alfm.registry import UnknownNameError
-from alfm.store import SKIPPED_LABEL, IncompleteStoreError, open_store
+from alfm.store import SKIPPED_LABEL, IncompleteStoreError, Shard, StoreWriter, open_store
 
 FAST = {"image_size": 32, "num_workers": 0, "progress": False}
 
@@ -77,6 +79,10 @@ def test_store_is_right_and_deterministic(tmp_path):
     )
     assert attrs["num_classes"] == 10 and attrs["preprocessing"]["center_crop"] == 32
     assert attrs["skipped_images"] == {"train": [], "test": []}
+    assert attrs["compute"] == "cpu fp32, conv-bn folded, channels_last"
+    assert attrs["decode"] == "cpu" and attrs["compile"] is False
+    (run,) = attrs["extraction"].values()
+    assert run["shard"] == "0/1" and run["images"] == 384 and run["workers"] == 0
     data = _arrays(first)
     assert data["train"].features.shape == (320, 1280) and data["test"].features.shape == (64, 1280)
     # rows are the backbone applied to the dataset's images, in order
@@ -236,3 +242,177 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, monkeypatch):
     whole = tmp_path / "whole.zarr"
     extract_features("mobilenet_v2", "__main__:head", whole, **KILL_ARGS)
     _assert_same(_arrays(killed), _arrays(whole))
+
+
+SHARDED = {**FAST, "chunk_rows": 32, "batch_size": 16}  # digits_head: 10 + 2 chunks
+
+
+def test_shards_equal_unsharded_and_complete_only_after_finalize(tmp_path, capsys):
+    whole = extract_features("mobilenet_v2", HEAD, tmp_path / "whole.zarr", **SHARDED)
+    out = tmp_path / "sharded.zarr"
+    for index in (2, 0):
+        extract_features("mobilenet_v2", HEAD, out, shard=f"{index}/3", **SHARDED)
+    with pytest.raises(IncompleteStoreError, match="incomplete"):
+        open_store(out)
+    # the missing shard names itself, from the recorded shard count or the one given
+    with pytest.raises(
+        IncompleteStoreError, match=r"shard 1/3: train chunks \[1, 4, 7\], test chunks \[0\]$"
+    ):
+        finalize_store(out)
+    assert main(["extract", "--out", str(out), "--finalize", "--shards", "3"]) == 2
+    assert "shard 1/3: train chunks [1, 4, 7], test chunks [0]" in capsys.readouterr().err
+    writer = StoreWriter.resume(out)
+    assert [writer.pending_chunks(s, Shard(1, 3)) for s in ("train", "test")] == [[1, 4, 7], [0]]
+    extract_features("mobilenet_v2", HEAD, out, shard=Shard(1, 3), **SHARDED)
+    with pytest.raises(IncompleteStoreError):
+        open_store(out)
+    finalize_store(out)
+    _assert_same(_arrays(whole), _arrays(out))
+    attrs = open_store(out).attrs
+    assert sorted(attrs["extraction"]) == ["shard-0-of-3", "shard-1-of-3", "shard-2-of-3"]
+    assert sum(r["images"] for r in attrs["extraction"].values()) == 384
+    assert open_store(whole).attrs["sizes"] == attrs["sizes"]
+
+
+def _jpeg_folder(root: Path, count: int) -> Path:
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / ("test" if i % 4 == 3 else "train") / f"c{i // 4 % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, (30 + i, 40 + 2 * i, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels)
+        if i == 5:
+            image.save(folder / f"{i}.png")  # decoded by PIL in the worker
+        else:
+            (image.convert("L") if i == 6 else image).save(folder / f"{i}.jpg", quality=85)
+    return root
+
+
+def test_device_decoding_equals_pil_decoding(tmp_path):
+    """decode='gpu' runs the GPU pipeline's code (workers read bytes, the device decodes JPEG,
+    the batched transform) on a CPU device; its store equals the PIL path's."""
+    root = _jpeg_folder(tmp_path / "jpegs", 12)
+    stores = {}
+    for decode in ("cpu", "gpu"):
+        stores[decode] = extract_features(
+            "mobilenet_v2",
+            "imagefolder",
+            tmp_path / f"{decode}.zarr",
+            root=root,
+            decode=decode,
+            chunk_rows=4,
+            batch_size=3,
+            **FAST,
+        )
+    _assert_same(_arrays(stores["cpu"]), _arrays(stores["gpu"]))
+    runs = {d: open_store(p).attrs for d, p in stores.items()}
+    assert runs["gpu"]["decode"] == "gpu" and runs["cpu"]["decode"] == "cpu"
+    (gpu,) = runs["gpu"]["extraction"].values()
+    assert (gpu["decoded_on_device"], gpu["decoded_by_pil"]) == (11, 1)
+
+
+def test_bad_image_in_a_device_decoded_batch_is_named(tmp_path):
+    root = _jpeg_folder(tmp_path / "jpegs", 8)
+    victim = root / "train" / "c1" / "4.jpg"
+    data = victim.read_bytes()
+    victim.write_bytes(data[: len(data) // 3])  # whole headers, a truncated scan
+    out = tmp_path / "s.zarr"
+    kwargs = {"root": root, "decode": "gpu", "chunk_rows": 4, "batch_size": 4, **FAST}
+    with pytest.raises(BadImageError, match=r"cannot read image .*train/c1/4\.jpg"):
+        extract_features("mobilenet_v2", "imagefolder", out, **kwargs)
+    extract_features("mobilenet_v2", "imagefolder", out, skip_bad_images=True, **kwargs)
+    store = open_store(out)
+    assert store.attrs["skipped_images"] == {"train": ["train/c1/4.jpg"], "test": []}
+    everything = store.load("train", include_skipped=True)
+    assert not everything.features[list(everything.ids).index("train/c1/4.jpg")].any()
+
+
+def test_fold_batch_norms_keeps_outputs():
+    backbone = create_backbone("mobilenet_v2", image_size=32)
+    images = torch.rand(4, 3, 32, 32)
+    with torch.inference_mode():
+        before = backbone.model(images)
+        after = fold_batch_norms(backbone.model)(images)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.model.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_options_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(ValueError, match="decode must be one of auto, cpu, gpu"):
+        extract_features("mobilenet_v2", HEAD, tmp_path / "s.zarr", decode="nvjpeg", **FAST)
+    with pytest.raises(ValueError, match=r"shard must be i/N with 0 <= i < N, got 3/3"):
+        extract_features("mobilenet_v2", HEAD, tmp_path / "s.zarr", shard="3/3", **FAST)
+    assert main(["extract", "--dataset", HEAD, "--shard", "one", "--quiet"]) == 2
+    assert "shard must be written i/N" in capsys.readouterr().err
+    assert not (tmp_path / "s.zarr").exists()
+
+
+@pytest.mark.slow
+def test_compiled_model_matches_eager(tmp_path):
+    eager = extract_features("mobilenet_v2", HEAD, tmp_path / "eager.zarr", **SHARDED)
+    compiled = extract_features(
+        "mobilenet_v2", HEAD, tmp_path / "compiled.zarr", compile=True, **SHARDED
+    )
+    for split in ("train", "test"):
+        np.testing.assert_allclose(
+            _arrays(compiled)[split].features.astype(np.float32),
+            _arrays(eager)[split].features.astype(np.float32),
+            atol=2e-2,
+            rtol=1e-2,
+        )
+    (run,) = open_store(compiled).attrs["extraction"].values()
+    assert run["compile"] is True and run["compile_seconds"] > 0
+
+
+SHARD_EXTRACT = textwrap.dedent(
+    f"""
+    import functools, sys
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from test_extract import digits_head
+    from alfm.extract import extract_features
+
+    head = functools.partial(digits_head, delay=float(sys.argv[3]))
+    extract_features(
+        "mobilenet_v2", "__main__:head", sys.argv[1], shard=sys.argv[2], **{KILL_ARGS!r}
+    )
+    """
+)
+
+
+@pytest.mark.slow
+def test_concurrent_shards_and_a_killed_shard_resume(tmp_path, monkeypatch):
+    """Three shard processes start at once on a store that does not exist yet (one creates it,
+    the others open it); shard 1 is killed with -9 mid-way and resumed; finalize gives the
+    unsharded store."""
+    out = tmp_path / "sharded.zarr"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    procs = {
+        index: subprocess.Popen(
+            [sys.executable, "-c", SHARD_EXTRACT, str(out), f"{index}/3", delay],
+            env=env,
+        )
+        for index, delay in ((0, "0"), (1, "0.02"), (2, "0"))
+    }
+    deadline = time.time() + 600
+    while _done(out) < 2 and procs[1].poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    # shard 1 owns train chunks 1, 4, 7: kill it once it has written some but not all
+    while time.time() < deadline and procs[1].poll() is None:
+        done = np.asarray(zarr.open_group(str(out), mode="r")["train/chunks_done"][:])
+        if done[1] and not done[7]:
+            break
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGKILL)
+    assert procs[0].wait() == 0 and procs[2].wait() == 0 and procs[1].wait() == -signal.SIGKILL
+    with pytest.raises(IncompleteStoreError, match=r"shard 1/3: train chunks \[[47, ]+\]"):
+        finalize_store(out, shards=3)
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "sharded.zarr"]
+    assert leftovers == [], "a staging directory was left behind"
+    chunk = out / "train" / "features" / "c" / "1" / "0"
+    mtime = chunk.stat().st_mtime_ns
+    monkeypatch.setattr(sys.modules["__main__"], "head", digits_head, raising=False)
+    extract_features("mobilenet_v2", "__main__:head", out, shard="1/3", **KILL_ARGS)
+    assert chunk.stat().st_mtime_ns == mtime, "a finished chunk was recomputed"
+    finalize_store(out)
+    whole = extract_features("mobilenet_v2", "__main__:head", tmp_path / "w.zarr", **KILL_ARGS)
+    _assert_same(_arrays(out), _arrays(whole))

@@ -9,6 +9,7 @@ from alfm.store import (
     SKIPPED_LABEL,
     UNKNOWN_LABEL,
     IncompleteStoreError,
+    Shard,
     SplitData,
     StoreWriter,
     open_store,
@@ -98,6 +99,50 @@ def test_other_model_or_dataset_is_refused(tmp_path):
     (tmp_path / "other" / "file.txt").write_text("x")
     with pytest.raises(FileExistsError, match="not a feature store"):
         _writer(tmp_path / "other")
+
+
+def _open_at_once(path, barrier, results) -> None:
+    barrier.wait()
+    writer = _writer(path)
+    results.put(writer._group.attrs["created"] + "|" + str(writer.pending_chunks("train")))
+
+
+def test_concurrent_creation_makes_one_store(tmp_path):
+    """Processes opening a missing store at the same instant: one creates it, all open it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    path = tmp_path / "s.zarr"
+    path.mkdir()  # an empty directory is replaced, as a missing one is created
+    barrier, results = context.Barrier(4), context.Queue()
+    procs = [context.Process(target=_open_at_once, args=(path, barrier, results)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    assert len({results.get(timeout=5) for _ in procs}) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.zarr"]
+
+
+def test_shards_split_the_chunks_and_finish_names_missing_ones(tmp_path):
+    writer = _writer(tmp_path / "s.zarr")  # train: 3 chunks, test: 1 (global chunks 0..3)
+    plans = [
+        [writer.pending_chunks(split, Shard(i, 2)) for split in ("train", "test")] for i in range(2)
+    ]
+    assert plans == [[[0, 2], []], [[1], [0]]]
+    with pytest.raises(ValueError, match="shard must be i/N"):
+        Shard(2, 2)
+    assert Shard.parse(" 1/2 ") == Shard(1, 2) and str(Shard(1, 2)) == "1/2"
+    for index in (0, 2):
+        rows = writer.chunk_slice("train", index)
+        n = rows.stop - rows.start
+        writer.write_chunk("train", index, np.ones((n, 2)), np.arange(n), np.arange(n).astype(str))
+    writer.record_run(Shard(0, 2), {"seconds": 1.5})
+    with pytest.raises(IncompleteStoreError, match=r"shard 1/2: train chunks \[1\], test chunks"):
+        writer.finish(shards=2)
+    assert list(writer.run_records()) == ["shard-0-of-2"]
+    assert writer.run_records()["shard-0-of-2"]["shard"] == "0/2"
 
 
 def test_unknown_labels_are_kept_and_skipped_rows_dropped(tmp_path):
