@@ -106,7 +106,12 @@ class PropagationGraph:
         self, labeled: Tensor, labels: Tensor, num_classes: int, alpha: float, n_iter: int
     ) -> Tensor:
         """F (N, C) float32 after ``n_iter`` steps from the one-hot ``labels`` of the pool rows
-        ``labeled``, the labeled rows reset to their one-hot labels."""
+        ``labeled``, the labeled rows reset to their one-hot labels.
+
+        Stops early, with the very same F, once a step returns its input bit for bit (the
+        products are deterministic, so every later step would too): with the reference's
+        α = 0.9 the map contracts by (1 − α)·ρ(S) ≤ 0.2 per step and F settles in a few dozen.
+        """
         device = self.degree.device
         labeled = labeled.to(device=device, dtype=torch.int64)
         labels = labels.to(device=device, dtype=torch.int64)
@@ -114,7 +119,10 @@ class PropagationGraph:
         y[labeled, labels] = 1.0
         f, scaled_y = y.clone(), y * alpha
         for _ in range(n_iter):
-            f = self.diffuse(f).mul_(1 - alpha).add_(scaled_y)
+            step = self.diffuse(f).mul_(1 - alpha).add_(scaled_y)
+            if torch.equal(step, f):  # a floating-point fixed point: later steps change nothing
+                break
+            f = step
         f[labeled] = y[labeled]
         return f
 

@@ -88,6 +88,24 @@ def test_random_pool_equals_dense_numpy() -> None:
     np.testing.assert_allclose(ours.double().numpy(), f, atol=1e-6)
 
 
+def test_early_stop_at_a_fixed_point_equals_every_step() -> None:
+    """propagate stops once a step returns its input; the result is the n_iter-step one."""
+    x = torch.randn(400, 8, generator=torch.Generator().manual_seed(1))
+    graph = build_graph(x, 20, 1.0)
+    labeled, labels = torch.arange(0, 400, 40), torch.arange(10) % 3
+    y = torch.zeros(400, 3)
+    y[labeled, labels] = 1.0
+    f = y.clone()
+    steps = 0
+    for _ in range(100):
+        step = graph.diffuse(f).mul_(0.1).add_(y * 0.9)
+        steps += not torch.equal(step, f)
+        f = step
+    f[labeled] = y[labeled]
+    assert steps < 100  # a fixed point is reached, so the early stop happens
+    assert torch.equal(graph.propagate(labeled, labels, 3, 0.9, 100), f)
+
+
 def test_small_pools_cap_knn() -> None:
     x = torch.tensor(SIX[:3], dtype=torch.float32)
     graph = build_graph(x, 500, 1.0)  # k capped at N − 1 = 2
