@@ -22,8 +22,8 @@ power γ (a rounding-negative base gives NaN for fractional γ).
 
 The graph depends only on the features: :func:`build_graph` runs once per run (exact kNN from
 :func:`alfm.kernels.knn`, so it is deterministic), :meth:`PropagationGraph.propagate` every
-round. Memory stays O(N·k): the kNN lists, then S as two CSR halves P = D^-½ A D^-½ and Pᵀ
-(S·F = P·F + Pᵀ·F), never W merged or anything N × N. It runs on the features' device.
+round. Memory stays O(N·k): the kNN lists, their transpose, then S as one CSR matrix of W's
+nonzero entries; never anything N × N. It runs on the features' device, CPU or CUDA.
 """
 
 from __future__ import annotations
@@ -85,22 +85,18 @@ class SslConfig(Config):
 
 @dataclass
 class PropagationGraph:
-    """S = P + Pᵀ of a pool, P = D^-½ A D^-½ (sparse CSR, (N, N)), and ``transposed`` = Pᵀ
-    (CSR too, so both products run as sparse × dense)."""
+    """S = D^-½ W D^-½ of a pool as one sparse CSR (N, N) matrix (W's nonzero entries only)."""
 
-    forward: Tensor
-    transposed: Tensor
+    matrix: Tensor
     #: D: nonzero entries per row of W (the reference's degree), int64 (N,).
     degree: Tensor
+    #: Steps the last :meth:`propagate` took (fewer than ``n_iter`` when it stopped early).
+    last_steps: int = 0
 
     @property
     def num_points(self) -> int:
         """N."""
         return int(self.degree.numel())
-
-    def diffuse(self, f: Tensor) -> Tensor:
-        """S·F for dense ``f`` (N, C)."""
-        return torch.addmm(self.forward @ f, self.transposed, f)
 
     def propagate(
         self, labeled: Tensor, labels: Tensor, num_classes: int, alpha: float, n_iter: int
@@ -109,8 +105,8 @@ class PropagationGraph:
         ``labeled``, the labeled rows reset to their one-hot labels.
 
         Stops early, with the very same F, once a step returns its input bit for bit (the
-        products are deterministic, so every later step would too): with the reference's
-        α = 0.9 the map contracts by (1 − α)·ρ(S) ≤ 0.2 per step and F settles in a few dozen.
+        product is deterministic, so every later step would too): with the reference's α = 0.9
+        the map contracts by (1 − α)·ρ(S) ≤ 0.2 per step and F settles in a few dozen.
         """
         device = self.degree.device
         labeled = labeled.to(device=device, dtype=torch.int64)
@@ -118,92 +114,148 @@ class PropagationGraph:
         y = torch.zeros(self.num_points, num_classes, device=device)
         y[labeled, labels] = 1.0
         f, scaled_y = y.clone(), y * alpha
+        self.last_steps = 0
         for _ in range(n_iter):
-            step = self.diffuse(f).mul_(1 - alpha).add_(scaled_y)
+            step = torch.addmm(scaled_y, self.matrix, f, alpha=1 - alpha)
             if torch.equal(step, f):  # a floating-point fixed point: later steps change nothing
                 break
             f = step
+            self.last_steps += 1
         f[labeled] = y[labeled]
         return f
 
 
-def build_graph(features: Tensor, knn_k: int, gamma: float) -> PropagationGraph:
-    """The propagation graph of ``features`` (N, D), on their device; ``knn_k`` is capped at
-    N − 1."""
+def build_graph(
+    features: Tensor, knn_k: int, gamma: float, device: torch.device | str | None = None
+) -> PropagationGraph:
+    """The propagation graph of ``features`` (N, D) on ``device`` (default: the features'; the
+    same code on CPU and CUDA); ``knn_k`` is capped at N − 1.
+
+    Peak memory beyond the features: their normalized copy during the kNN search (done in query
+    chunks), then the kNN lists and their transpose (8 bytes per entry each) plus S (8 bytes per
+    nonzero entry of W, at most 2·N·k).
+    """
+    device = features.device if device is None else torch.device(device)
     n = features.shape[0]
-    device = features.device
     k = min(knn_k, n - 1)
+    index_dtype = torch.int32 if 2 * n * max(k, 1) < 2**31 else torch.int64
     if k < 1:
-        none = torch.zeros(0, dtype=torch.int64, device=device)
-        empty = _csr(torch.zeros(n + 1, dtype=torch.int64, device=device), none, none.float(), n)
-        return PropagationGraph(empty, empty, torch.zeros(n, dtype=torch.int64, device=device))
-    unit = l2_normalize(features)
-    dist, idx = knn(unit, k)
+        none = torch.zeros(0, dtype=index_dtype, device=device)
+        crow = torch.zeros(n + 1, dtype=index_dtype, device=device)
+        return PropagationGraph(_csr(crow, none, none.float(), n), crow[1:].long())
+    unit = l2_normalize(features.to(device))
+    cols, weight = _neighbours(unit, k, gamma, index_dtype)
     del unit
-    weight = dist  # in place: d → (1 − d²/4)^γ clipped to [0, 1]
-    weight.square_().mul_(-0.25).add_(1.0).clamp_(0.0, 1.0).pow_(gamma)
-    index_dtype = torch.int32 if n * k < 2**31 and n < 2**31 else torch.int64
-    cols = _sorted_rows(idx, weight).to(index_dtype)
-    del idx
-    degree = _degree(cols, weight)
-    inv_sqrt = torch.where(degree > 0, degree.double().clamp_min(1).rsqrt(), 0.0).float()
+    crow, cols, values = _symmetrized(cols, weight, _transpose(cols, weight))
+    degree = (crow[1:] - crow[:-1]).long()
+    inv_sqrt = degree.double().clamp_min(1).rsqrt().float()  # D = 0 only with no entries at all
     chunk = max(1, CHUNK_ENTRIES // k)
-    for start in range(0, n, chunk):  # P = D^-½ A D^-½, in place
-        part = slice(start, start + chunk)
-        weight[part].mul_(inv_sqrt[part, None]).mul_(inv_sqrt[cols[part].long()])
-    crow = torch.arange(0, n * k + 1, k, dtype=index_dtype, device=device)
-    forward = _csr(crow, cols.view(-1), weight.view(-1), n)
-    return PropagationGraph(forward, _transpose(cols, weight, n), degree)
+    for start in range(0, n, chunk):  # S = D^-½ W D^-½, in place
+        a, b = int(crow[start]), int(crow[min(n, start + chunk)])
+        rows = torch.repeat_interleave(
+            inv_sqrt[start : start + chunk], degree[start : start + chunk]
+        )
+        values[a:b].mul_(rows).mul_(inv_sqrt[cols[a:b].long()])
+    return PropagationGraph(_csr(crow, cols, values, n), degree)
 
 
-def _sorted_rows(idx: Tensor, weight: Tensor) -> Tensor:
-    """Sort each row of the kNN lists by column (``weight`` permuted alike, in place); returns
-    ``idx``, sorted."""
-    chunk = max(1, CHUNK_ENTRIES // idx.shape[1])
-    for start in range(0, idx.shape[0], chunk):
-        part = slice(start, start + chunk)
-        idx[part], order = idx[part].sort(dim=1)
-        weight[part] = weight[part].gather(1, order)
-    return idx
-
-
-def _degree(cols: Tensor, weight: Tensor) -> Tensor:
-    """Nonzero entries per row of W = A + Aᵀ: |out(i)| + |in(i)| − |out(i) ∩ in(i)| over the
-    positive weights, the mutual pairs found by binary search of the sorted keys i·N + j."""
-    n, k = cols.shape
-    device = cols.device
-    positive = weight > 0
-    out_count = positive.sum(dim=1)
-    in_count = torch.zeros(n, dtype=torch.int64, device=device)
-    mutual = torch.zeros(n, dtype=torch.int64, device=device)
-    rows = torch.arange(n, device=device).unsqueeze(1)
-    keys = (rows * n + cols).view(-1)  # sorted: rows ascend, columns ascend within a row
-    flat_positive = positive.view(-1)
-    chunk = max(1, CHUNK_ENTRIES // k)
+def _neighbours(
+    unit: Tensor, k: int, gamma: float, index_dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """(columns (N, k), similarities (N, k)) of each row's k nearest other rows: exact kNN
+    (:func:`alfm.kernels.knn`) in query chunks, so its (rows, k + 1) search output is never
+    whole; each point is dropped from its own list (or the farthest hit, when exact ties pushed
+    the point out, as :func:`~alfm.kernels.knn` does for self queries)."""
+    n = unit.shape[0]
+    cols = torch.empty(n, k, dtype=index_dtype, device=unit.device)
+    weight = torch.empty(n, k, device=unit.device)
+    chunk = max(1, CHUNK_ENTRIES // (k + 1))
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
-        targets, mask = cols[part].long(), positive[part]
-        in_count += torch.bincount(targets[mask], minlength=n)
-        reverse = targets * n + rows[part]  # the key of (j, i) for each edge (i, j)
-        where = torch.searchsorted(keys, reverse.view(-1)).clamp_max_(keys.numel() - 1)
-        found = (keys[where] == reverse.view(-1)) & flat_positive[where]
-        mutual[part] = (found.view(reverse.shape) & mask).sum(dim=1)
-    return out_count + in_count - mutual
+        dist, idx = knn(unit, k + 1, queries=unit[part])
+        keep = idx != torch.arange(start, start + idx.shape[0], device=idx.device).unsqueeze(1)
+        keep[keep.sum(dim=1) > k, -1] = False
+        cols[part] = idx[keep].view(-1, k)
+        # (1 − d²/4)^γ clipped to [0, 1]: FIX clipped before the power (NaN for fractional γ)
+        weight[part] = (
+            dist[keep].view(-1, k).square_().mul_(-0.25).add_(1.0).clamp_(0, 1).pow_(gamma)
+        )
+    return cols, weight
 
 
-def _transpose(cols: Tensor, weight: Tensor, n: int) -> Tensor:
-    """Pᵀ as CSR from P's (N, k) rows: a stable sort of the columns, so each row of Pᵀ lists its
-    sources in ascending order."""
-    k = cols.shape[1]
-    flat = cols.view(-1)
-    order = torch.sort(flat, stable=True).indices
-    sources = torch.div(order, k, rounding_mode="floor").to(cols.dtype)
-    values = weight.view(-1)[order]
-    del order
-    counts = torch.bincount(flat.long(), minlength=n)
-    crow = torch.zeros(n + 1, dtype=cols.dtype, device=cols.device)
+def _transpose(cols: Tensor, weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Aᵀ as CSR (crow, sources, values) from A's (N, k) rows: a stable counting sort of the
+    entries by column, chunk by chunk (each row of Aᵀ lists its sources in ascending order)."""
+    n, k = cols.shape
+    device = cols.device
+    counts = torch.zeros(n, dtype=torch.int64, device=device)
+    chunk = max(1, CHUNK_ENTRIES // k)
+    for start in range(0, n, chunk):
+        counts += torch.bincount(cols[start : start + chunk].reshape(-1).long(), minlength=n)
+    crow = torch.zeros(n + 1, dtype=torch.int64, device=device)
     crow[1:] = counts.cumsum(0)
-    return _csr(crow, sources, values, n)
+    free = crow[:-1].clone()  # next free slot of each row of Aᵀ
+    sources = torch.empty(n * k, dtype=cols.dtype, device=device)
+    values = torch.empty(n * k, device=device)
+    for start in range(0, n, chunk):
+        targets = cols[start : start + chunk].reshape(-1).long()
+        order = torch.sort(targets, stable=True).indices
+        ordered = targets[order]
+        unique, repeats = torch.unique_consecutive(ordered, return_counts=True)
+        first = torch.repeat_interleave(repeats.cumsum(0) - repeats, repeats)
+        slots = free[ordered] + torch.arange(ordered.numel(), device=device) - first
+        sources[slots] = torch.div(order, k, rounding_mode="floor").add_(start).to(cols.dtype)
+        values[slots] = weight[start : start + chunk].reshape(-1)[order]
+        free[unique] += repeats
+    return crow, sources, values
+
+
+def _symmetrized(
+    cols: Tensor, weight: Tensor, transposed: tuple[Tensor, Tensor, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """W = A + Aᵀ as CSR (crow, columns, values), its zero entries dropped (as scipy's sum
+    does in the reference), built block of rows by block of rows from A's rows and Aᵀ's.
+
+    W's buffers are allocated for the 2·N·k entries it may have and filled from the front, so
+    only the pages of its actual entries are ever touched (resident). Each entry is the sum of
+    at most two weights, so the result does not depend on the order of the additions.
+    """
+    n, k = cols.shape
+    device = cols.device
+    t_crow, t_sources, t_values = transposed
+    crow = torch.zeros(n + 1, dtype=cols.dtype, device=device)
+    out_cols = torch.empty(2 * n * k, dtype=cols.dtype, device=device)
+    out_values = torch.empty(2 * n * k, device=device)
+    filled = 0
+    chunk = max(1, CHUNK_ENTRIES // (2 * k))
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        a, b = int(t_crow[start]), int(t_crow[stop])
+        local = torch.arange(stop - start, device=device)
+        rows = torch.cat(
+            [
+                local.repeat_interleave(k),
+                local.repeat_interleave(t_crow[start + 1 : stop + 1] - t_crow[start:stop]),
+            ]
+        )
+        targets = torch.cat([cols[start:stop].reshape(-1).long(), t_sources[a:b].long()])
+        values = torch.cat([weight[start:stop].reshape(-1), t_values[a:b]])
+        positive = values > 0
+        keys = rows[positive] * n + targets[positive]
+        keys, order = torch.sort(keys)
+        unique, inverse = torch.unique_consecutive(keys, return_inverse=True)
+        summed = torch.zeros(unique.numel(), device=device).index_add_(
+            0, inverse, values[positive][order]
+        )
+        m = unique.numel()
+        out_cols[filled : filled + m] = (unique % n).to(cols.dtype)
+        out_values[filled : filled + m] = summed
+        per_row = torch.bincount(
+            torch.div(unique, n, rounding_mode="floor"), minlength=stop - start
+        )
+        crow[start + 1 : stop + 1] = (per_row.cumsum(0) + filled).to(cols.dtype)
+        filled += m
+    return crow, out_cols[:filled], out_values[:filled]
 
 
 def _csr(crow: Tensor, cols: Tensor, values: Tensor, n: int) -> Tensor:

@@ -21,28 +21,35 @@ import platform
 import time
 
 import torch
-from strategies import PeakMemory, make_pool, timed
+from strategies import _rss_kb, make_pool, timed
 
 from alfm.propagation import build_graph, propagated_targets
+
+
+def _resident(device: torch.device) -> int:
+    """Bytes in use now: allocated CUDA memory, or the resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    return _rss_kb("VmRSS") * 1024
 
 
 def bench_size(n: int, args: argparse.Namespace) -> dict[str, object]:
     """One row: graph and propagation seconds and peak extra memory at pool size ``n``."""
     device = torch.device(args.device)
     x, labels, first = make_pool(n, args.dim, args.classes, args.seed, device, args.noise)
-    with PeakMemory(device) as total:
-        graph_s, graph_peak, graph = timed(device, lambda: build_graph(x, args.knn, args.gamma))
+    base = _resident(device)
+    graph_s, graph_peak, graph = timed(device, lambda: build_graph(x, args.knn, args.gamma))
+    graph_resident = _resident(device) - base
 
-        def one_round() -> tuple[torch.Tensor, torch.Tensor]:
-            f = graph.propagate(first, labels[first], args.classes, args.alpha, args.n_iter)
-            return propagated_targets(f)
+    def one_round() -> tuple[torch.Tensor, torch.Tensor]:
+        f = graph.propagate(first, labels[first], args.classes, args.alpha, args.n_iter)
+        return propagated_targets(f)
 
-        round_s, round_peak, (_, weights) = timed(device, one_round)
-    nnz = graph.forward._nnz() + graph.transposed._nnz()
+    round_s, round_peak, (_, weights) = timed(device, one_round)
+    matrix = graph.matrix
     graph_bytes = sum(
         t.numel() * t.element_size()
-        for m in (graph.forward, graph.transposed)
-        for t in (m.crow_indices(), m.col_indices(), m.values())
+        for t in (matrix.crow_indices(), matrix.col_indices(), matrix.values())
     )
     return {
         "n": n,
@@ -54,10 +61,11 @@ def bench_size(n: int, args: argparse.Namespace) -> dict[str, object]:
         "round_seconds": round_s,
         "graph_peak_gib": graph_peak / 2**30,
         "round_peak_gib": round_peak / 2**30,
-        "total_peak_gib": total.bytes / 2**30,
+        "total_peak_gib": max(graph_peak, graph_resident + round_peak) / 2**30,
         "graph_gib": graph_bytes / 2**30,
         "features_gib": x.numel() * 4 / 2**30,
-        "nnz": nnz,
+        "nnz": matrix._nnz(),
+        "steps": graph.last_steps,
         "mean_degree": float(graph.degree.double().mean()),
         "trained_rows": int((weights > 0).sum()),
     }
@@ -86,9 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         "\n| N | D | C | knn | graph s | graph peak GiB | round s (n_iter steps + targets) | "
-        "round peak GiB | total peak GiB | graph GiB | features GiB | mean D |"
+        "round peak GiB | total peak GiB | graph GiB | features GiB | mean D | steps |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in (int(s) for s in args.sizes.split(",")):
         row = bench_size(n, args)
         rows.append(row)
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{row['graph_seconds']:.1f} | {row['graph_peak_gib']:.2f} | "
             f"{row['round_seconds']:.1f} | {row['round_peak_gib']:.2f} | "
             f"{row['total_peak_gib']:.2f} | {row['graph_gib']:.2f} | {row['features_gib']:.2f} | "
-            f"{row['mean_degree']:.0f} |",
+            f"{row['mean_degree']:.0f} | {row['steps']} |",
             flush=True,
         )
     if args.json:

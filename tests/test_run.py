@@ -474,6 +474,11 @@ def test_cli_run(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert_same_run(out, tmp_path / "api.parquet")
     assert main([*argv[:-1], str(tmp_path / "x.parquet"), "--strategy", "entrpy"]) == 2
     assert "unknown strategy 'entrpy'" in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "x.parquet"), "--ssl", '{"knn": 5}']) == 2
+    assert "ssl.knn has no effect while ssl.enable is false" in capsys.readouterr().err
+    ssl = tmp_path / "ssl.parquet"
+    assert main([*argv[:-1], str(ssl), "--ssl", '{"enable": true, "knn": 5}']) == 0
+    assert read_run_metadata(ssl)["config"]["ssl"] == {"enable": True, "knn": 5}
 
 
 class SlowRandom(Strategy):
