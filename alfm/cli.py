@@ -136,6 +136,12 @@ def add_run(sub: argparse._SubParsersAction) -> None:
         default={},
         help="probe settings as JSON, e.g. '{\"max_epochs\": 200}'",
     )
+    parser.add_argument(
+        "--ssl",
+        type=json_object,
+        default={},
+        help='label propagation settings as JSON, e.g. \'{"enable": true, "knn": 100}\'',
+    )
     parser.add_argument("--device", choices=DEVICES, default="auto")
     parser.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA (faster)")
     parser.add_argument("--stop-round", type=int, help="advance the run only up to this round")
@@ -158,6 +164,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                 "seed": args.seed,
                 "budget": parsed_arguments(args, BudgetConfig),
                 "probe": args.probe,
+                "ssl": args.ssl,
                 "device": args.device,
                 "tf32": args.tf32,
             }
@@ -265,15 +272,19 @@ def add_plot(sub: argparse._SubParsersAction) -> None:
 
 
 def add_list(sub: argparse._SubParsersAction) -> None:
-    """``alfm list models|datasets|strategies``."""
-    parser = sub.add_parser("list", help="list registered models, datasets or strategies")
-    parser.add_argument("what", choices=["models", "datasets", "strategies"])
+    """``alfm list models|datasets|strategies|classifiers``."""
+    parser = sub.add_parser(
+        "list", help="list registered models, datasets, strategies or classifiers"
+    )
+    parser.add_argument("what", choices=["models", "datasets", "strategies", "classifiers"])
 
     def handler(args: argparse.Namespace) -> int:
         if args.what == "models":
             from alfm.backbones import list_backbones as names
         elif args.what == "datasets":
             from alfm.datasets import list_datasets as names
+        elif args.what == "classifiers":
+            from alfm.classifiers import list_classifiers as names
         else:
             from alfm.strategies import list_strategies as names
         print("\n".join(names()))

@@ -1,30 +1,37 @@
-"""The per-round classifier: input dropout → BatchNorm1d(affine=False) → linear, trained full-batch.
+"""The per-round classifier: input dropout → adapter → BatchNorm1d(affine=False) → linear.
 
-Matches the DropQuery paper's reference code: AdamW, cross-entropy, early stop on the training
-loss, best weights kept. All randomness (initialization, dropout masks, batch order) comes from an
-explicit generator, so a run is reproducible on CPU.
+The adapter comes from the classifier registry (:mod:`alfm.classifiers`): none for the linear
+probe, the reference's residual MLP for ``residual_adapter``. Matches the DropQuery paper's
+reference code: AdamW, cross-entropy (optionally weighted per row, as the reference weights
+label-propagation targets), early stop on the training loss, best weights kept. All randomness
+(initialization, dropout masks, batch order) comes from an explicit generator, so a run is
+reproducible on CPU.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from alfm.classifiers import ADAPTER_SETTINGS, build_adapter, get_classifier
 from alfm.config import Config, setting
 from alfm.kernels import auto_chunk, device_generator
 
 
 @dataclass(frozen=True)
 class ProbeConfig(Config):
-    """Hyperparameters of the linear probe and its training (defaults from the reference).
+    """The classifier and its training (defaults from the reference).
 
-    ``batch_size`` is at least 2: BatchNorm needs two rows to normalize a batch.
+    ``batch_size`` is at least 2: BatchNorm needs two rows to normalize a batch. ``scale`` and
+    ``init_alpha`` belong to ``residual_adapter``: with a classifier that does not read them,
+    giving them (or a non-default value) is an error, not a no-op.
     """
 
     section = "probe"
@@ -37,6 +44,38 @@ class ProbeConfig(Config):
     max_epochs: int = setting(400, minimum=1, help="epoch limit")
     patience: int = setting(20, minimum=1, help="epochs without improvement before stopping")
     min_delta: float = setting(1e-3, minimum=0, help="training-loss improvement that counts")
+    classifier: str = setting(
+        "linear", minLength=1, help="classifier name (alfm list classifiers) or module:Name"
+    )
+    scale: int = setting(4, minimum=1, help="residual_adapter: bottleneck width D // scale")
+    init_alpha: float = setting(
+        -2.0, help="residual_adapter: initial α of the mix σ(α)·mlp(x) + (1 − σ(α))·x"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            reads = get_classifier(self.classifier).settings
+        except ValueError as err:
+            raise ValueError(f"probe.classifier: {err}") from err
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in ADAPTER_SETTINGS:
+            if name not in reads and getattr(self, name) != defaults[name]:
+                raise ValueError(self._inert(name))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeConfig:
+        """Build from a mapping; unknown keys, and settings the classifier does not read, are
+        errors."""
+        config = super().from_dict(data)
+        reads = get_classifier(config.classifier).settings
+        for name in ADAPTER_SETTINGS:
+            if name in data and name not in reads:
+                raise ValueError(config._inert(name))
+        return config
+
+    def _inert(self, name: str) -> str:
+        return f"probe.{name} has no effect with classifier {self.classifier!r}; remove it"
 
 
 def _mask_bits(rate: float) -> int:
@@ -105,15 +144,19 @@ CPU_CACHE_BYTES = 8 * 2**20
 
 
 class Probe(nn.Module):
-    """Input dropout → BatchNorm1d(D, affine=False) → Linear(D, C).
+    """Input dropout → adapter → BatchNorm1d(D, affine=False) → Linear(D, C).
 
-    Inference helpers work on any number of rows (chunked internally, float16 inputs accepted) and
-    always use the BatchNorm running statistics (eval mode).
+    ``adapter`` (a module mapping (N, D) to (N, D), see :mod:`alfm.classifiers`) is None for the
+    linear probe. Inference helpers work on any number of rows (chunked internally, float16
+    inputs accepted) and always use the BatchNorm running statistics (eval mode).
     """
 
-    def __init__(self, dim: int, num_classes: int, dropout: float = 0.75) -> None:
+    def __init__(
+        self, dim: int, num_classes: int, dropout: float = 0.75, adapter: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.dropout = dropout
+        self.adapter = adapter
         self.norm = nn.BatchNorm1d(dim, affine=False)
         self.linear = nn.Linear(dim, num_classes)
         #: Training losses per epoch and the (1-based) epoch whose weights were kept.
@@ -129,11 +172,16 @@ class Probe(nn.Module):
         """Logits; input dropout is applied (with ``generator``) only in training mode."""
         if self.training and generator is not None:
             x = _dropout(x, self.dropout, generator)
-        return self.linear(self.norm(x))
+        return self.linear(self.norm(self.adapt(x)))
+
+    def adapt(self, x: Tensor) -> Tensor:
+        """The adapter's output on (dropped-out) inputs ``x``: ``x`` itself for the linear probe."""
+        return x if self.adapter is None else self.adapter(x)
 
     @torch.no_grad()
     def folded_linear(self) -> tuple[Tensor, Tensor]:
-        """Eval-mode BatchNorm folded into the linear layer: logits = x @ W'ᵀ + b'."""
+        """Eval-mode BatchNorm folded into the linear layer: logits = adapt(x) @ W'ᵀ + b' (so
+        x @ W'ᵀ + b' for the linear probe)."""
         inv_std = (self.norm.running_var + self.norm.eps).rsqrt()
         weight = self.linear.weight * inv_std
         return weight, self.linear.bias - weight @ self.norm.running_mean
@@ -146,16 +194,16 @@ class Probe(nn.Module):
         folded: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """Eval-mode logits of a float32 chunk; with ``generator``, input dropout (rate ``p``,
-        default the probe's own) is applied first with masks drawn from it. ``folded`` may pass
-        a precomputed :meth:`folded_linear`.
+        default the probe's own) is applied first with masks drawn from it, then the adapter.
+        ``folded`` may pass a precomputed :meth:`folded_linear`.
         """
         weight, bias = folded if folded is not None else self.folded_linear()
         rate = self.dropout if p is None else p
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
-        if generator is None or rate == 0.0:
-            return torch.addmm(bias, x, weight.T)
-        return torch.addmm(bias, x * dropout_scale(x.shape, rate, generator, x.device), weight.T)
+        if generator is not None and rate != 0.0:
+            x = x * dropout_scale(x.shape, rate, generator, x.device)
+        return torch.addmm(bias, self.adapt(x), weight.T)
 
     @torch.no_grad()
     def map_chunks(
@@ -183,11 +231,11 @@ class Probe(nn.Module):
         return out
 
     def embed(self, x: Tensor, rows: Tensor | None = None) -> Tensor:
-        """z: the standardized input (BatchNorm running statistics, no dropout), float32 (N, D);
-        only for ``x[rows]`` when ``rows`` is given.
+        """z: the standardized adapter output (BatchNorm running statistics, no dropout), what
+        the last Linear sees, float32 (N, D); only for ``x[rows]`` when ``rows`` is given.
         """
         mean, std = self.norm.running_mean, (self.norm.running_var + self.norm.eps).sqrt()
-        return self.map_chunks(x, lambda xc: (xc - mean) / std, rows)
+        return self.map_chunks(x, lambda xc: (self.adapt(xc) - mean) / std, rows)
 
     def logits(self, x: Tensor) -> Tensor:
         """Clean (eval-mode, no dropout) logits, float32 (N, C)."""
@@ -224,20 +272,31 @@ def _cpu_threads(device: torch.device, entries: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def build_probe(dim: int, num_classes: int, config: ProbeConfig) -> Probe:
+    """An untrained probe of ``config``'s classifier (PyTorch's default initialization), e.g. to
+    load a saved state dict into."""
+    adapter = build_adapter(config.classifier, dim, config.to_dict())
+    return Probe(dim, num_classes, config.dropout, adapter)
+
+
 def train_probe(
     features: Tensor,
     labels: Tensor,
     num_classes: int,
     config: ProbeConfig | None = None,
     generator: torch.Generator | None = None,
+    weights: Tensor | None = None,
 ) -> Probe:
-    """Train a fresh :class:`Probe` on ``features`` (N, D) with integer ``labels`` (N,).
+    """Train a fresh :class:`Probe` of ``config.classifier`` on ``features`` (N, D) with integer
+    ``labels`` (N,), each row's cross-entropy weighted by ``weights`` (N,) when given.
 
-    Full-batch (or ``batch_size`` mini-batches when N is larger) AdamW on cross-entropy on the
-    features' device; stops when the epoch's training loss has not improved by ``min_delta`` for
-    ``patience`` epochs and returns the end-of-epoch weights of the epoch with the lowest training
-    loss (as a checkpoint monitoring the training loss would), in eval mode.
-    With a single sample BatchNorm statistics cannot be estimated, so it is trained as identity.
+    Full-batch (or ``batch_size`` mini-batches when N is larger) AdamW on the mean (weighted)
+    cross-entropy on the features' device; stops when the epoch's training loss has not improved
+    by ``min_delta`` for ``patience`` epochs and returns the end-of-epoch weights of the epoch
+    with the lowest training loss (as a checkpoint monitoring the training loss would), in eval
+    mode. With a single sample BatchNorm statistics cannot be estimated, so it is trained as
+    identity. Every layer is initialized as PyTorch does by default, with draws from
+    ``generator``.
     """
     config = config or ProbeConfig()
     if generator is None:
@@ -253,23 +312,37 @@ def train_probe(
     labels = labels.to(device=features.device, dtype=torch.int64)
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}), got {labels.unique().tolist()}")
+    if weights is not None:
+        if weights.shape != labels.shape:
+            shape = tuple(weights.shape)
+            raise ValueError(f"weights must have shape {tuple(labels.shape)}, got {shape}")
+        weights = weights.to(device=features.device, dtype=torch.float32)
+        if not (torch.isfinite(weights).all() and (weights >= 0).all()):
+            raise ValueError("weights must be finite and non-negative")
     x = features.float()
     if not torch.isfinite(x).all():
         raise ValueError("features contain NaN or infinite values")
     n, dim = x.shape
     gen = device_generator(generator, x.device)
-    probe = Probe(dim, num_classes, config.dropout).to(x.device)
+    probe = build_probe(dim, num_classes, config).to(x.device)
     bound = 1.0 / math.sqrt(dim)
     with torch.no_grad():
+        if probe.adapter is not None:
+            probe.adapter.reset_parameters(gen)
         probe.linear.weight.uniform_(-bound, bound, generator=gen)
         probe.linear.bias.uniform_(-bound, bound, generator=gen)
     with _cpu_threads(x.device, x.numel()):
-        _fit(probe, x, labels, config, gen)
+        _fit(probe, x, labels, weights, config, gen)
     return probe.eval()
 
 
 def _fit(
-    probe: Probe, x: Tensor, labels: Tensor, config: ProbeConfig, gen: torch.Generator
+    probe: Probe,
+    x: Tensor,
+    labels: Tensor,
+    weights: Tensor | None,
+    config: ProbeConfig,
+    gen: torch.Generator,
 ) -> None:
     """The training loop of :func:`train_probe`; leaves the best weights in ``probe``."""
     n = x.shape[0]
@@ -294,7 +367,10 @@ def _fit(
         total = 0.0
         for idx in batches:
             xb, yb = x[idx], labels[idx]
-            loss = F.cross_entropy(probe(xb, gen), yb)
+            if weights is None:
+                loss = F.cross_entropy(probe(xb, gen), yb)
+            else:
+                loss = (F.cross_entropy(probe(xb, gen), yb, reduction="none") * weights[idx]).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

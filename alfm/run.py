@@ -56,7 +56,8 @@ from alfm.budget import BudgetConfig, checked_schedule
 from alfm.config import DEVICES, Config, check_known_keys, setting
 from alfm.devices import allow_tf32, resolve_device
 from alfm.pipeline import path_name
-from alfm.probe import Probe, ProbeConfig, train_probe
+from alfm.probe import Probe, ProbeConfig, build_probe, train_probe
+from alfm.propagation import PropagationGraph, SslConfig, build_graph, propagated_targets
 from alfm.records import RECORD_COLUMNS
 from alfm.store import UNKNOWN_LABEL, SplitData, open_store, store_identity
 from alfm.strategies import QueryContext, Strategy, create_strategy, query
@@ -72,8 +73,10 @@ class RunConfig(Config):
     """Everything that defines one AL run (the keys of ``experiments.yaml``'s run entries).
 
     ``init`` defaults to ``"random"``: the same seed and init give the same initial pool for
-    every query strategy. ``probe`` holds overrides of :class:`~alfm.probe.ProbeConfig` fields;
-    ``label`` tells apart, in results tables, one strategy run with two parameter sets.
+    every query strategy. ``probe`` holds overrides of :class:`~alfm.probe.ProbeConfig` fields
+    (the classifier among them), ``ssl`` of :class:`~alfm.propagation.SslConfig` fields (label
+    propagation); ``label`` tells apart, in results tables, one strategy run with two parameter
+    sets.
     """
 
     section = "run config"
@@ -91,6 +94,9 @@ class RunConfig(Config):
     )
     budget: BudgetConfig = setting(default_factory=BudgetConfig, help="labeling budget")
     probe: dict[str, Any] = setting(default_factory=dict, help="overrides of ProbeConfig fields")
+    ssl: dict[str, Any] = setting(
+        default_factory=dict, help="overrides of SslConfig fields (label propagation)"
+    )
     device: str = setting("auto", enum=DEVICES, help="auto (CUDA when available), cpu or cuda")
     tf32: bool = setting(
         False,
@@ -101,12 +107,13 @@ class RunConfig(Config):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("strategy_params", "init_params", "probe"):
+        for name in ("strategy_params", "init_params", "probe", "ssl"):
             try:
                 json.dumps(getattr(self, name))
             except TypeError as err:
                 raise ValueError(f"run config {name!r} must be JSON-serializable: {err}") from err
         ProbeConfig.from_dict(self.probe)
+        SslConfig.from_dict(self.ssl)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
@@ -120,7 +127,7 @@ class RunConfig(Config):
         budget = values.get("budget")
         if not isinstance(budget, BudgetConfig):
             values["budget"] = BudgetConfig.from_dict(budget or {})
-        for name in ("strategy_params", "init_params", "probe"):
+        for name in ("strategy_params", "init_params", "probe", "ssl"):
             if values.get(name) is None:
                 values[name] = {}
         return cls(**values)
@@ -207,8 +214,8 @@ class RoundSteps:
 
     - :meth:`train_classifier` and :meth:`select` take any generator;
     - per-run state, which may depend only on the pool and the seed, is built once per process
-      on first use with the (seed, "prepare") generator: :meth:`prepare_strategy` (more per-run
-      state, e.g. a label-propagation graph, belongs beside it).
+      on first use: :meth:`prepare_strategy` with the (seed, "prepare") generator, and
+      :meth:`propagation_graph` (deterministic: exact kNN of the pool).
     """
 
     def __init__(self, config: RunConfig, pool: torch.Tensor, num_classes: int) -> None:
@@ -218,7 +225,9 @@ class RoundSteps:
         self.num_classes = num_classes
         self.init_strategy, self.strategy = _create_strategies(config)
         self.probe_config = ProbeConfig.from_dict(config.probe)
+        self.ssl_config = SslConfig.from_dict(config.ssl)
         self._prepared: list[Strategy] = []
+        self._graph: PropagationGraph | None = None
 
     def prepare_strategy(self, strategy: Strategy) -> None:
         """``strategy.prepare`` on the pool (no labeled points, no probe) with the (seed,
@@ -230,12 +239,30 @@ class RoundSteps:
         strategy.prepare(ctx, seeded_generator(self.config.seed, "prepare", device=self.device))
         self._prepared.append(strategy)
 
+    def propagation_graph(self) -> PropagationGraph:
+        """The label-propagation graph of the pool (``ssl``), built on first use."""
+        if self._graph is None:
+            ssl = self.ssl_config
+            self._graph = build_graph(self.pool, ssl.knn, ssl.gamma)
+        return self._graph
+
     def train_classifier(
         self, labeled: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> Probe:
-        """The probe trained on the pool rows ``labeled`` with ``labels``, in eval mode."""
-        features = self.pool[labeled]
-        return train_probe(features, labels, self.num_classes, self.probe_config, generator).eval()
+        """The probe trained on the pool rows ``labeled`` with ``labels``, in eval mode; with
+        ``ssl.enable``, on every pool row with the targets propagated from them (see
+        :mod:`alfm.propagation`)."""
+        config = self.probe_config
+        ssl = self.ssl_config
+        if not ssl.enable:
+            features = self.pool[labeled]
+            return train_probe(features, labels, self.num_classes, config, generator).eval()
+        f = self.propagation_graph().propagate(
+            labeled, labels, self.num_classes, ssl.alpha, ssl.n_iter
+        )
+        targets, weights = propagated_targets(f)
+        del f
+        return train_probe(self.pool, targets, self.num_classes, config, generator, weights)
 
     def select(
         self,
@@ -369,7 +396,7 @@ class ActiveLearningRun(RoundSteps):
                 state.added.append(self.initial_pool())
             elif len(state.added) < round_number:
                 # Extension of a run that ended with no query: query with its last probe.
-                probe = _restore_probe(state.probe_state, self.probe_config.dropout, self.device)
+                probe = _restore_probe(state.probe_state, self.probe_config, self.device)
                 state.records[-1]["query_seconds"] = self.query_after(round_number - 1, probe)
             record, probe = self.train_and_evaluate(round_number)
             if round_number < self.config.budget.evaluations:
@@ -578,14 +605,15 @@ def _create_strategies(config: RunConfig) -> tuple[Strategy, Strategy]:
 
 def run_identity(config: RunConfig, store_attrs: Mapping[str, Any]) -> dict[str, Any]:
     """What defines a run's rounds: its config except :data:`RESUMABLE_FIELDS` and
-    ``budget.evaluations``, with the probe's settings in full (so leaving a setting out and
-    giving its default are one run), and the identity of its feature store (``created``
-    included, so a re-extracted store starts afresh). The one definition used by the checkpoint
-    check, the workflow's state key and the run's Parquet metadata.
+    ``budget.evaluations``, with the probe's and ``ssl``'s settings in full (so leaving a
+    setting out and giving its default are one run), and the identity of its feature store
+    (``created`` included, so a re-extracted store starts afresh). The one definition used by
+    the checkpoint check, the workflow's state key and the run's Parquet metadata.
     """
     run = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_FIELDS}
     run["budget"] = {k: v for k, v in run["budget"].items() if k != "evaluations"}
     run["probe"] = ProbeConfig.from_dict(config.probe).to_dict()
+    run["ssl"] = SslConfig.from_dict(config.ssl).to_dict()
     store = {**store_identity(store_attrs), "created": store_attrs.get("created")}
     return json.loads(json.dumps({"run": run, "store": store}, sort_keys=True, default=str))
 
@@ -650,12 +678,15 @@ def _save_checkpoint(path: Path, identity: dict[str, Any], state: _State) -> Non
         torch.save(payload, tmp)
 
 
-def _restore_probe(state: dict[str, torch.Tensor] | None, dropout: float, device: str) -> Probe:
-    """The probe of the checkpoint's last round, rebuilt from its state dict."""
+def _restore_probe(
+    state: dict[str, torch.Tensor] | None, config: ProbeConfig, device: str
+) -> Probe:
+    """The probe of the checkpoint's last round (its classifier's adapter included), rebuilt
+    from its state dict."""
     if state is None:
         raise ValueError("the checkpoint holds no probe to extend the run from; delete it")
     num_classes, dim = state["linear.weight"].shape
-    probe = Probe(dim, num_classes, dropout)
+    probe = build_probe(dim, num_classes, config)
     probe.load_state_dict(state)
     return probe.to(device).eval()
 

@@ -18,6 +18,7 @@ from alfm.budget import BudgetConfig
 from alfm.cli import build_parser, main
 from alfm.config import BOUNDS, Config, add_arguments, check_value, parsed_arguments, setting
 from alfm.probe import ProbeConfig
+from alfm.propagation import SslConfig
 from alfm.run import RunConfig
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow/schemas/experiments.schema.yaml"
@@ -104,11 +105,11 @@ def run_level_disagreements(cls: type, schema: dict[str, Any]) -> list[str]:
     return found
 
 
-#: (dataclass, path of its section's properties in the schema); issue 11's classifier and ssl
-#: sections join here.
+#: (dataclass, path of its section's properties in the schema).
 SECTIONS = [
     (BudgetConfig, ("properties", "budget", "properties")),
     (ProbeConfig, ("properties", "probe", "properties")),
+    (SslConfig, ("properties", "ssl", "properties")),
 ]
 
 
@@ -143,6 +144,7 @@ def schema_with(path: tuple[str, ...], change: Any) -> dict[str, Any]:
 
 PROBE = ("properties", "probe", "properties")
 BUDGET = ("properties", "budget", "properties")
+SSL = ("properties", "ssl", "properties")
 
 
 @pytest.mark.parametrize(
@@ -154,6 +156,9 @@ BUDGET = ("properties", "budget", "properties")
         ((*PROBE, "patience", "type"), "number", "ProbeConfig.patience"),
         ((*PROBE, "min_delta"), None, "ProbeConfig.min_delta: not in the schema"),
         ((*PROBE, "momentum"), {"type": "number"}, "schema property 'momentum'"),
+        ((*PROBE, "scale", "default"), 2, "ProbeConfig.scale"),
+        ((*SSL, "knn", "minimum"), 0, "SslConfig.knn"),
+        ((*SSL, "n_iter"), None, "SslConfig.n_iter: not in the schema"),
         ((*BUDGET, "evaluations", "minimum"), 2, "BudgetConfig.evaluations"),
         ((*BUDGET, "schedule", "enum"), ["linear"], "BudgetConfig.schedule"),
         ((*BUDGET, "init_size", "type"), "integer", "BudgetConfig.init_size"),

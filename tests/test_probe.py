@@ -1,4 +1,5 @@
-"""alfm.probe: architecture, training, early stopping, inference helpers, determinism, errors."""
+"""alfm.probe and alfm.classifiers: architecture, training, early stopping, inference helpers,
+determinism, errors; the residual adapter against a hand evaluation of its formula."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alfm.probe import Probe, ProbeConfig, bit_fields, dropout_scale, keep_mask, train_probe
+from alfm.classifiers import ResidualMLP, list_classifiers
+from alfm.cli import main
+from alfm.probe import (
+    Probe,
+    ProbeConfig,
+    bit_fields,
+    build_probe,
+    dropout_scale,
+    keep_mask,
+    train_probe,
+)
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -165,6 +176,10 @@ def test_float16_features_train():
         ({"lr": 0}, r"probe.lr must be a number > 0, got 0"),
         ({"weight_decay": "0.1"}, r"probe.weight_decay must be a number >= 0, got '0.1'"),
         ({"dropout": True}, r"probe.dropout must be a number"),
+        ({"classifier": "residual_adaptor"}, r"probe.classifier: .*'residual_adapter'"),
+        ({"scale": 2}, r"probe.scale has no effect with classifier 'linear'"),
+        ({"init_alpha": 0.0}, r"probe.init_alpha has no effect with classifier 'linear'"),
+        ({"classifier": "residual_adapter", "scale": 0}, r"probe.scale must be an integer >= 1"),
     ],
 )
 def test_config_validation(kwargs, match):
@@ -188,3 +203,102 @@ def test_bad_training_inputs():
         train_probe(bad, y, 4)
     with pytest.raises(ValueError, match="non-empty"):
         train_probe(x[:0], y[:0], 4)
+
+
+def gelu(v: float) -> float:
+    return v * 0.5 * (1 + math.erf(v / math.sqrt(2)))
+
+
+def sigmoid(v: float) -> float:
+    return 1 / (1 + math.exp(-v))
+
+
+def hand_adapter() -> Probe:
+    """A residual-adapter probe (D = 4, scale 2, 3 classes) with hand-set weights and stats."""
+    probe = build_probe(4, 3, ProbeConfig(classifier="residual_adapter", scale=2, init_alpha=-1.5))
+    first, second = probe.adapter.mlp[0], probe.adapter.mlp[2]
+    with torch.no_grad():
+        first.weight.copy_(torch.tensor([[1.0, 0.0, -1.0, 0.0], [0.0, 0.5, 0.0, 2.0]]))
+        first.bias.copy_(torch.tensor([0.5, -1.0]))
+        second.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, -1.0], [2.0, 1.0], [0.0, 0.0]]))
+        second.bias.copy_(torch.tensor([0.0, 0.25, -0.5, 1.0]))
+        probe.norm.running_mean.copy_(torch.tensor([0.1, -0.2, 0.0, 0.3]))
+        probe.norm.running_var.copy_(torch.tensor([1.0, 4.0, 0.25, 2.0]))
+        probe.linear.weight.copy_(torch.tensor([[1.0, 0, 0, 1], [0, 1, -1, 0], [0.5, 0, 0, 0]]))
+        probe.linear.bias.copy_(torch.tensor([0.0, 1.0, -1.0]))
+    return probe.eval()
+
+
+def test_residual_adapter_forward_by_hand():
+    """x = (1, −2, 0.5, 3): every step of the formula evaluated with scalars."""
+    probe = hand_adapter()
+    x = [1.0, -2.0, 0.5, 3.0]
+    h = [gelu(1.0 - 0.5 + 0.5), gelu(-1.0 + 6.0 - 1.0)]  # GELU(W1 x + b1)
+    mlp = [gelu(h[0]), gelu(-h[1] + 0.25), gelu(2 * h[0] + h[1] - 0.5), gelu(1.0)]
+    a = sigmoid(-1.5)
+    mixed = [a * m + (1 - a) * xi for m, xi in zip(mlp, x, strict=True)]
+    eps = probe.norm.eps
+    mean, var = [0.1, -0.2, 0.0, 0.3], [1.0, 4.0, 0.25, 2.0]
+    z = [(v - m) / math.sqrt(s + eps) for v, m, s in zip(mixed, mean, var, strict=True)]
+    logits = [z[0] + z[3], 1.0 + z[1] - z[2], -1.0 + 0.5 * z[0]]
+    xt = torch.tensor([x])
+    assert torch.allclose(probe.adapt(xt), torch.tensor([mixed]), atol=1e-6)
+    assert torch.allclose(probe.embed(xt), torch.tensor([z]), atol=1e-6)
+    assert torch.allclose(probe.logits(xt), torch.tensor([logits]), atol=1e-5)
+    assert torch.allclose(probe(xt), torch.tensor([logits]), atol=1e-5)
+    assert probe.adapter.alpha.item() == -1.5 and probe.adapter.mlp[0].out_features == 2
+
+
+def test_residual_adapter_inference_helpers_agree():
+    """z precedes the last Linear; dropout passes drop the input, before the adapter."""
+    probe = hand_adapter()
+    x = torch.randn(30, 4, generator=gen(6))
+    z = probe.embed(x)
+    assert torch.allclose(probe.logits(x), probe.linear(z), atol=1e-5)
+    keep = keep_mask((30, 4), 0.75, gen(2), torch.device("cpu"))
+    expected = probe.logits(x * keep / 0.25)
+    assert torch.allclose(probe.dropout_logits(x, gen(2)), expected, atol=1e-5)
+    assert torch.allclose(probe.embed(x, rows=torch.tensor([3, 1])), z[[3, 1]])
+
+
+def test_residual_adapter_trains_deterministically():
+    x, y = blobs(300)
+    config = ProbeConfig(classifier="residual_adapter")
+    a, b = train_probe(x, y, 4, config, gen(1)), train_probe(x, y, 4, config, gen(1))
+    assert isinstance(a.adapter, ResidualMLP) and a.adapter.mlp[0].out_features == 4
+    assert a.adapter.alpha.item() != -2.0  # α is learned
+    for (name, value), other in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(value, other), name
+    x_test, y_test = blobs(500, seed=7)
+    assert (a.predict_proba(x_test).argmax(dim=1) == y_test).float().mean() > 0.95
+    restored = build_probe(16, 4, config)
+    restored.load_state_dict(a.state_dict())
+    assert torch.equal(restored.eval().logits(x_test), a.logits(x_test))
+
+
+def test_weighted_cross_entropy():
+    """Zero-weight rows do not train: their labels may be anything."""
+    x, y = blobs(200)
+    weights = (torch.arange(200) % 2).float()
+    noisy = torch.where(weights > 0, y, (y + 1) % 4)
+    weighted = train_probe(x, noisy, 4, ProbeConfig(max_epochs=30), gen(1), weights)
+    x_test, y_test = blobs(300, seed=7)
+    assert (weighted.predict_proba(x_test).argmax(dim=1) == y_test).float().mean() > 0.95
+    with pytest.raises(ValueError, match="weights must be finite and non-negative"):
+        train_probe(x, y, 4, None, gen(), -weights)
+    with pytest.raises(ValueError, match=r"weights must have shape \(200,\)"):
+        train_probe(x, y, 4, None, gen(), weights[:5])
+
+
+def test_adapter_settings_are_errors_with_the_linear_probe():
+    with pytest.raises(ValueError, match="probe.scale has no effect with classifier 'linear'"):
+        ProbeConfig.from_dict({"scale": 4})  # even at its default value
+    assert ProbeConfig.from_dict({"classifier": "residual_adapter", "scale": 8}).scale == 8
+    with pytest.raises(ValueError, match="leaves no hidden unit for 4 features"):
+        build_probe(4, 2, ProbeConfig(classifier="residual_adapter", scale=8))
+
+
+def test_list_classifiers(capsys):
+    assert list_classifiers() == ["linear", "residual_adapter"]
+    assert main(["list", "classifiers"]) == 0
+    assert capsys.readouterr().out.split() == ["linear", "residual_adapter"]

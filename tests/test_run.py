@@ -141,6 +141,11 @@ def test_config_round_trip_and_defaults(store: Path) -> None:
         ({"budget": {"evaluations": 0}}, "budget.evaluations must be an integer >= 1, got 0"),
         ({"budget": [4]}, "budget must be a mapping, got list"),
         ({"probe": {"lr": 0}}, "probe.lr must be a number > 0, got 0"),
+        ({"probe": {"classifer": "linear"}}, "unknown probe key.*classifer"),
+        ({"ssl": {"enabled": True}}, "unknown ssl key.*enabled"),
+        ({"ssl": {"enable": True, "knn": 0}}, "ssl.knn must be an integer >= 1, got 0"),
+        ({"ssl": {"knn": 50}}, "ssl.knn has no effect while ssl.enable is false"),
+        ({"ssl": []}, "'ssl' must be a mapping"),
         ({"strategy_params": "x=1"}, "'strategy_params' must be a mapping"),
     ],
 )
@@ -156,6 +161,24 @@ def test_identity_holds_the_probe_settings_in_full(store: Path) -> None:
     assert run_identity(left_out, attrs) == run_identity(given, attrs)
     assert run_identity(left_out, attrs)["run"]["probe"] == ProbeConfig().to_dict()
     assert run_identity(RunConfig.from_dict(config(store)), attrs) != run_identity(given, attrs)
+
+
+def test_identity_holds_the_classifier_and_ssl_settings_in_full(store: Path) -> None:
+    attrs = open_store(store).attrs
+    adapter = {**config(store), "probe": {"classifier": "residual_adapter"}}
+    left_out = RunConfig.from_dict({**adapter, "ssl": {"enable": True}})
+    given = RunConfig.from_dict(
+        {**adapter, "probe": {"classifier": "residual_adapter", "scale": 4}, "ssl": {
+            "enable": True, "alpha": 0.9, "knn": 500, "gamma": 1, "n_iter": 100
+        }}
+    )  # fmt: skip
+    identity = run_identity(left_out, attrs)
+    assert identity == run_identity(given, attrs)
+    assert identity["run"]["probe"]["init_alpha"] == -2.0 and identity["run"]["ssl"]["knn"] == 500
+    plain = run_identity(RunConfig.from_dict(adapter), attrs)
+    assert plain["run"]["ssl"] == {"enable": False, "alpha": 0.9, "knn": 500, "gamma": 1.0,
+                                   "n_iter": 100}  # fmt: skip
+    assert plain != identity
 
 
 def test_round_generators_depend_on_seed_round_and_purpose() -> None:
@@ -335,6 +358,49 @@ def test_resumed_and_one_round_per_call_equal_uninterrupted(
     assert_same_run(stepped, whole)
 
 
+CLASSIFIER_RUNS = {
+    "residual_adapter": {"probe": {"classifier": "residual_adapter", "max_epochs": 15}},
+    "ssl": {"ssl": {"enable": True, "knn": 20, "n_iter": 30}},
+    "residual_adapter-ssl": {
+        "probe": {"classifier": "residual_adapter", "max_epochs": 15},
+        "ssl": {"enable": True, "knn": 20},
+    },
+}
+
+
+@pytest.mark.parametrize("strategy", ["badge", "dropquery"])
+@pytest.mark.parametrize("variant", list(CLASSIFIER_RUNS))
+def test_resumed_and_extended_with_adapter_and_ssl_equal_uninterrupted(
+    tiny_store: Path, tmp_path: Path, variant: str, strategy: str
+) -> None:
+    """The residual adapter's weights travel in the checkpoint (an extension queries with the
+    restored probe) and the propagation graph is rebuilt identically in a new call."""
+    cfg = {**config(tiny_store, strategy, seed=2, evaluations=4), **CLASSIFIER_RUNS[variant]}
+    cfg["probe"] = {"patience": 5, **cfg.get("probe", {"max_epochs": 15})}
+    whole, resumed, extended = (tmp_path / f"{name}.parquet" for name in ("w", "r", "e"))
+    run(cfg, whole)
+    run(cfg, resumed, stop_round=2)
+    run(cfg, resumed)
+    run({**cfg, "budget": {"evaluations": 3}}, extended)
+    run(cfg, extended)
+    assert read_checkpoint(extended)["computed"] == [1, 2, 3, 4]
+    assert_same_run(resumed, whole)
+    assert_same_run(extended, whole)
+    state = read_checkpoint(whole)["probe_state"]
+    assert ("adapter.alpha" in state) == variant.startswith("residual_adapter")
+
+
+def test_ssl_trains_on_the_whole_pool(tiny_store: Path, tmp_path: Path) -> None:
+    """With ssl the probe differs from the one trained on the labeled rows alone."""
+    plain, ssl = tmp_path / "plain.parquet", tmp_path / "ssl.parquet"
+    cfg = config(tiny_store, "random", evaluations=2)
+    run(cfg, plain)
+    run({**cfg, "ssl": {"enable": True, "knn": 20}}, ssl)
+    np.testing.assert_array_equal(read_indices(plain)[0], read_indices(ssl)[0])
+    a, b = read_checkpoint(plain)["probe_state"], read_checkpoint(ssl)["probe_state"]
+    assert not torch.equal(a["norm.running_mean"], b["norm.running_mean"])
+
+
 def test_strategies_are_prepared_once_per_process_with_the_prepare_generator(
     tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -408,6 +474,11 @@ def test_cli_run(store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert_same_run(out, tmp_path / "api.parquet")
     assert main([*argv[:-1], str(tmp_path / "x.parquet"), "--strategy", "entrpy"]) == 2
     assert "unknown strategy 'entrpy'" in capsys.readouterr().err
+    assert main([*argv[:-1], str(tmp_path / "x.parquet"), "--ssl", '{"knn": 5}']) == 2
+    assert "ssl.knn has no effect while ssl.enable is false" in capsys.readouterr().err
+    ssl = tmp_path / "ssl.parquet"
+    assert main([*argv[:-1], str(ssl), "--ssl", '{"enable": true, "knn": 5}']) == 0
+    assert read_run_metadata(ssl)["config"]["ssl"] == {"enable": True, "knn": 5}
 
 
 class SlowRandom(Strategy):

@@ -5,6 +5,9 @@ generator seed, and cope with float16/float32 features, C=2 and C=1000, classes 
 B ≥ |U|, an empty L (initial-pool strategies), tiny pools and N = 1. Each is prepared as the run
 engine prepares it (``prepare`` on the pool with no labeled points and a generator of its own)
 before its queries; one that is not prepared either works (stateless) or says to call prepare.
+Strategies that use a probe pass every test with each classifier (linear probe, residual
+adapter) and with a probe trained on label-propagated targets (``ssl.enable``), as the run
+engine trains it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import torch
 from strategy_helpers import gen, prepared
 from torch import Tensor
 
-from alfm.probe import Probe, ProbeConfig, train_probe
+from alfm.probe import Probe
+from alfm.run import RoundSteps, RunConfig
 from alfm.strategies import (
     QueryContext,
     Strategy,
@@ -59,11 +63,32 @@ def pool(n: int, c: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     return centers[cluster] + torch.randn(n, D, generator=g), labels
 
 
+#: The probes strategies are checked with: (probe settings, ssl settings) of the run config.
+CLASSIFIERS = {
+    "linear": ({}, {}),
+    "residual_adapter": ({"classifier": "residual_adapter"}, {}),
+    "ssl": ({}, {"enable": True, "knn": 10, "n_iter": 20}),
+}
+PROBE_USERS = [name for name in ALL if get_strategy_class(name).requires_probe]
+#: Every strategy with the linear probe, and each that uses a probe with the others.
+WITH_CLASSIFIERS = [
+    pytest.param(name, classifier, id=f"{name}-{classifier}")
+    for name in ALL
+    for classifier in CLASSIFIERS
+    if classifier == "linear" or name in PROBE_USERS
+]
+
+
 @functools.cache
-def probe_for(n: int, c: int, labeled: tuple[int, ...]) -> Probe:
+def probe_for(n: int, c: int, labeled: tuple[int, ...], classifier: str = "linear") -> Probe:
+    """The probe a run trains on the labeled rows of ``pool(n, c)`` with ``classifier``."""
     x, y = pool(n, c)
-    idx = torch.tensor(labeled)
-    return train_probe(x[idx], y[idx], c, ProbeConfig(max_epochs=60), gen(1))
+    idx = torch.tensor(labeled, dtype=torch.int64)
+    probe, ssl = CLASSIFIERS[classifier]
+    config = RunConfig(
+        features="pool", strategy="random", seed=0, probe={**probe, "max_epochs": 60}, ssl=ssl
+    )
+    return RoundSteps(config, x, c).train_classifier(idx, y[idx], gen(1))
 
 
 def context(
@@ -72,11 +97,12 @@ def context(
     c: int = 4,
     labeled: tuple[int, ...] = tuple(range(0, 240, 20)),
     dtype: torch.dtype = torch.float32,
+    classifier: str = "linear",
 ) -> QueryContext:
     x, y = pool(n, c)
     idx = torch.tensor(labeled, dtype=torch.int64)
     needs_probe = get_strategy_class(name).requires_probe
-    probe = probe_for(n, c, labeled) if needs_probe else None
+    probe = probe_for(n, c, labeled, classifier) if needs_probe else None
     return QueryContext(x.to(dtype), idx, y[idx], c, probe)
 
 
@@ -95,43 +121,43 @@ def check(picks: Tensor, ctx: QueryContext, budget: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("name", ALL)
-def test_budget_distinct_unlabeled(name, dtype):
-    ctx = context(name, dtype=dtype)
+@pytest.mark.parametrize(("name", "classifier"), WITH_CLASSIFIERS)
+def test_budget_distinct_unlabeled(name, classifier, dtype):
+    ctx = context(name, dtype=dtype, classifier=classifier)
     before = ctx.features.clone()
     picks = query(ready(name, ctx), ctx, 10, gen())
     check(picks, ctx, 10)
     assert torch.equal(ctx.features, before), "strategies must not modify the features"
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_same_seed_same_indices(name):
-    ctx, other = context(name), context(name)
+@pytest.mark.parametrize(("name", "classifier"), WITH_CLASSIFIERS)
+def test_same_seed_same_indices(name, classifier):
+    ctx, other = context(name, classifier=classifier), context(name, classifier=classifier)
     first = query(ready(name, ctx), ctx, 7, gen(42))
     again = query(ready(name, other), other, 7, gen(42))
     assert torch.equal(first, again)
 
 
 @pytest.mark.parametrize("c", [2, 1000])
-@pytest.mark.parametrize("name", ALL)
-def test_two_and_a_thousand_classes(name, c):
-    ctx = context(name, c=c)
+@pytest.mark.parametrize(("name", "classifier"), WITH_CLASSIFIERS)
+def test_two_and_a_thousand_classes(name, classifier, c):
+    ctx = context(name, c=c, classifier=classifier)
     check(query(ready(name, ctx), ctx, 9, gen()), ctx, 9)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_classes_missing_from_labeled(name):
+@pytest.mark.parametrize(("name", "classifier"), WITH_CLASSIFIERS)
+def test_classes_missing_from_labeled(name, classifier):
     x, y = pool(240, 6)
     only_two = tuple(i for i in range(240) if int(y[i]) < 2)[:10]
-    ctx = context(name, c=6, labeled=only_two)
+    ctx = context(name, c=6, labeled=only_two, classifier=classifier)
     assert set(ctx.labels.tolist()) == {0, 1}
     check(query(ready(name, ctx), ctx, 12, gen()), ctx, 12)
 
 
 @pytest.mark.parametrize("budget", [230, 500])
-@pytest.mark.parametrize("name", ALL)
-def test_budget_at_least_unlabeled_returns_all(name, budget):
-    ctx = context(name)
+@pytest.mark.parametrize(("name", "classifier"), WITH_CLASSIFIERS)
+def test_budget_at_least_unlabeled_returns_all(name, classifier, budget):
+    ctx = context(name, classifier=classifier)
     picks = query(ready(name, ctx), ctx, budget, gen())
     assert sorted(picks.tolist()) == ctx.unlabeled.tolist()
 
@@ -144,24 +170,24 @@ def test_initial_pool_from_empty_labeled(name):
     assert torch.equal(picks, query(ready(name, other), other, 8, gen()))
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_tiny_pool(name):
-    ctx = context(name, n=5, c=2, labeled=(0, 3))
+@pytest.mark.parametrize(("name", "classifier"), WITH_CLASSIFIERS)
+def test_tiny_pool(name, classifier):
+    ctx = context(name, n=5, c=2, labeled=(0, 3), classifier=classifier)
     check(query(ready(name, ctx), ctx, 2, gen()), ctx, 2)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_single_point_pool(name):
+@pytest.mark.parametrize(("name", "classifier"), WITH_CLASSIFIERS)
+def test_single_point_pool(name, classifier):
     x = torch.randn(1, D, generator=gen(3))
-    probe = probe_for(240, 4, tuple(range(0, 240, 20)))
+    probe = probe_for(240, 4, tuple(range(0, 240, 20)), classifier)
     ctx = QueryContext(x, torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), 4)
     ctx.probe = probe if get_strategy_class(name).requires_probe else None
     assert query(ready(name, ctx), ctx, 1, gen()).tolist() == [0]
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_unprepared_strategy_works_or_asks_for_prepare(name):
-    ctx = context(name)
+@pytest.mark.parametrize(("name", "classifier"), WITH_CLASSIFIERS)
+def test_unprepared_strategy_works_or_asks_for_prepare(name, classifier):
+    ctx = context(name, classifier=classifier)
     try:
         picks = query(create_strategy(name), ctx, 6, gen())
     except RuntimeError as err:
@@ -179,7 +205,7 @@ def test_params_round_trip(name):
         create_strategy(name, not_a_param=1)
 
 
-@pytest.mark.parametrize("name", [n for n in ALL if get_strategy_class(n).requires_probe])
+@pytest.mark.parametrize("name", PROBE_USERS)
 def test_missing_probe_is_an_error(name):
     x, y = pool(240, 4)
     ctx = QueryContext(x, torch.tensor([0, 1]), y[:2], 4, None)

@@ -1,6 +1,7 @@
 """Alfa-Mix (Parvaneh et al., CVPR 2022) with the closed-form α of the DropQuery reference.
 
-For an unlabeled embedding z with prediction ŷ and g = ∇_z CE(W z + b, ŷ) = Wᵀ(p − onehot(ŷ)),
+For an unlabeled embedding z (the probe's ``embed``: what its last Linear sees, with any
+classifier) with prediction ŷ and g = ∇_z CE(W z + b, ŷ) = Wᵀ(p − onehot(ŷ)),
 the reference mixes z with every anchor z* (the per-class mean of the labeled embeddings) using
 the per-dimension ``α = ε ‖z* − z‖ g / (‖g‖ (z* − z))``, ε = ``eps / √D``, and calls z a
 candidate when ``W (α z* + (1 − α) z) + b`` predicts another class than ŷ for some anchor.

@@ -14,7 +14,8 @@ class BADGE(Strategy):
     """k-means++ D² seeding of B centers among U on the last-layer gradient embedding, which is
     never materialized (distances come from the factors, see
     :func:`alfm.kernels.kmeans_plusplus_outer`). The first center is the largest-norm gradient,
-    as in the BADGE paper (the reference starts from a uniform one).
+    as in the BADGE paper (the reference starts from a uniform one). z is the probe's embedding,
+    what its last Linear sees, so the gradient is the last layer's with any classifier.
     """
 
     def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
