@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from alfm import propagation
 from alfm.propagation import SslConfig, build_graph, propagated_targets
 
 #: Six points in 3-D, no two at the same distance from a third (so the kNN lists have no ties).
@@ -75,7 +76,14 @@ def test_degree_counts_nonzero_weights_only() -> None:
     np.testing.assert_allclose(dense_s(graph), s, atol=1e-7)
 
 
-def test_random_pool_equals_dense_numpy() -> None:
+@pytest.mark.parametrize("chunk_entries", [None, 100])
+def test_random_pool_equals_dense_numpy(
+    chunk_entries: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Also with chunks of a few rows: every chunked step (kNN queries, transpose, W's blocks,
+    the scaling) crosses chunk boundaries."""
+    if chunk_entries is not None:
+        monkeypatch.setattr(propagation, "CHUNK_ENTRIES", chunk_entries)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 12, generator=g)
     labeled = list(range(0, 300, 29))
