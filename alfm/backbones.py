@@ -157,7 +157,19 @@ class Backbone:
 
 
 BackboneFactory = Callable[..., Backbone]
-_BACKBONES: Registry[BackboneFactory] = Registry("backbone", prefixes=("timm:", "open_clip:"))
+_BACKBONES: Registry[BackboneFactory] = Registry(
+    "backbone",
+    prefixes=("timm:", "open_clip:"),
+    expected="a backbone factory registered with alfm.backbones.register_backbone",
+)
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator registering a backbone factory as ``name``: called with keyword arguments
+    ``model_dir`` (Path), ``random_init`` (bool) and ``image_size`` (int or None), it returns a
+    :class:`Backbone`. A module that registers its factories can be named in config by dotted
+    path (``package.module:factory``)."""
+    return _BACKBONES.register(name)
 
 
 def resolve_model_dir(model_dir: str | Path | None = None) -> Path:

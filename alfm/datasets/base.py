@@ -49,7 +49,9 @@ class Dataset:
 
 
 DatasetFactory = Callable[[Path | None], Dataset]
-_DATASETS: Registry[DatasetFactory] = Registry("dataset")
+_DATASETS: Registry[DatasetFactory] = Registry(
+    "dataset", expected="a dataset factory registered with alfm.datasets.register_dataset"
+)
 # The reference's class count of each dataset it names (its ALFM/conf/dataset/<name>.yaml, or
 # its loader where it has no such file); ``create_dataset`` checks every build against it.
 REFERENCE_CLASSES: dict[str, int] = {}
