@@ -44,7 +44,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from alfm.registry import Registry
+from alfm.registry import Registry, returns
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -160,7 +160,9 @@ BackboneFactory = Callable[..., Backbone]
 _BACKBONES: Registry[BackboneFactory] = Registry(
     "backbone",
     prefixes=("timm:", "open_clip:"),
-    expected="a backbone factory registered with alfm.backbones.register_backbone",
+    accepts=returns(Backbone),
+    expected="a backbone factory (registered with alfm.backbones.register_backbone, or a "
+    "function annotated to return alfm.backbones.Backbone)",
 )
 
 

@@ -133,6 +133,7 @@ def extract_features(
         "preprocessing": backbone.preprocessing,
         "dataset": dataset,
         "dataset_root": str(Path(root).expanduser().resolve()) if root is not None else None,
+        "content_digest": data.content_digest(),
         "num_classes": data.num_classes,
         "class_names": data.class_names,
     }

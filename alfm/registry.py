@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
+import typing
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -122,6 +124,24 @@ def registry(kind: str) -> Registry:
     if kind not in _REGISTRIES:
         raise KeyError(f"no {kind} registry; known kinds: {', '.join(sorted(_REGISTRIES))}")
     return _REGISTRIES[kind]
+
+
+def returns(cls: type) -> Callable[[object], bool]:
+    """A predicate for ``Registry(accepts=...)``: a function (or ``functools.partial`` of one)
+    whose return annotation resolves to ``cls`` or a subclass, i.e. one declared to build a
+    ``cls``; classes and unannotated callables are refused."""
+
+    def accepts(obj: object) -> bool:
+        target = obj.func if isinstance(obj, functools.partial) else obj
+        if isinstance(target, type) or not callable(target):
+            return False
+        try:
+            hint = typing.get_type_hints(target).get("return")
+        except Exception:  # unresolvable annotations: not declared to build a cls
+            return False
+        return isinstance(hint, type) and issubclass(hint, cls)
+
+    return accepts
 
 
 def import_dotted(path: str, kind: str = "object") -> object:

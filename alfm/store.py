@@ -30,6 +30,7 @@ zeros). :meth:`FeatureStore.load` leaves skipped rows out and keeps unknown ones
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -37,7 +38,7 @@ import platform
 import re
 import shutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,12 +52,17 @@ DTYPES = ("float16", "float32")
 DEFAULT_CHUNK_ROWS = 2048
 UNKNOWN_LABEL = -1  # an image whose class is not known (yet)
 SKIPPED_LABEL = -2  # an unreadable image skipped during extraction
-# Attributes that define a store's rows: resuming into a store that differs in any of them is an
-# error rather than a silent mix of two extractions, and a run's identity includes them.
+# Attributes that define a store's rows: resuming into (or reusing) a store that differs in any
+# of them is an error naming them rather than a silent mix of two extractions, and a run's
+# identity includes them. ``content_digest`` (:func:`content_digest`) stands for the dataset's
+# rows themselves (ids and labels, wherever its root lies), ``preprocessing`` for the image size
+# and view, ``weights_sha256`` and ``random_init`` for the weights.
 IDENTITY_KEYS = (
     "backbone",
     "dataset",
+    "content_digest",
     "weights_sha256",
+    "random_init",
     "preprocessing",
     "dtype",
     "dim",
@@ -192,6 +198,25 @@ def open_store(path: str | Path) -> FeatureStore:
 def store_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """What defines a store's rows: its :data:`IDENTITY_KEYS` attributes (None when absent)."""
     return {key: attrs.get(key) for key in IDENTITY_KEYS}
+
+
+def content_digest(
+    class_names: Sequence[str], splits: Mapping[str, tuple[Sequence[str], Sequence[int] | None]]
+) -> str:
+    """A digest (32 hex digits) of a dataset's rows: its class names and, per split, the ids and
+    labels in order (``labels`` None where a source cannot list them without reading every
+    image: then the ids alone). Ids are paths relative to the dataset's root (or positions),
+    so a dataset moved elsewhere keeps its digest; a manifest with other rows or labels, or a
+    folder with other files, gets another one. Image bytes are not read."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([str(c) for c in class_names]).encode())
+    for split in sorted(splits):
+        ids, labels = splits[split]
+        digest.update(f"\0split {split} {len(ids)}\0".encode())
+        digest.update("\n".join(map(str, ids)).encode())
+        if labels is not None:
+            digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -397,21 +422,28 @@ def _create_store(
 
 
 def _check_same(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
-    if (existing.get("backbone"), existing.get("dataset")) != (
-        wanted["backbone"],
-        wanted["dataset"],
-    ):
-        raise FileExistsError(
-            f"{path} holds the store of model {existing.get('backbone')!r} on dataset "
-            f"{existing.get('dataset')!r}, not model {wanted['backbone']!r} on dataset "
-            f"{wanted['dataset']!r}; choose another output path or delete it"
+    """A store at ``path`` made otherwise than ``wanted``: a ``FileExistsError`` listing every
+    differing identity field (a field absent from ``wanted`` is not compared)."""
+    differing = [
+        key
+        for key in (*IDENTITY_KEYS, "chunk_rows")
+        if key in wanted and existing.get(key) != wanted[key]
+    ]
+    if differing:
+        fields = "; ".join(
+            f"{key}: {_short(existing.get(key))} there, {_short(wanted[key])} here"
+            for key in differing
         )
-    for key in (*IDENTITY_KEYS, "chunk_rows"):
-        if key in wanted and existing.get(key) != wanted[key]:
-            raise FileExistsError(
-                f"{path} holds a store of {wanted['backbone']!r} on {wanted['dataset']!r} made "
-                f"with {key}={existing.get(key)!r}, not {wanted[key]!r}; delete it to re-extract"
-            )
+        raise FileExistsError(
+            f"{path} holds a store of model {existing.get('backbone')!r} on dataset "
+            f"{existing.get('dataset')!r} that differs in {', '.join(differing)} ({fields}); "
+            "choose another output path or delete it to re-extract"
+        )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_store(
@@ -428,7 +460,8 @@ def write_store(
 
     An existing ``path`` is a ``FileExistsError`` unless ``overwrite``, which deletes it first.
     Missing attributes get defaults: ``backbone``/``dataset`` "synthetic", ``num_classes`` from the
-    labels, ``class_names`` "0".."C-1", ``weights_sha256`` and ``preprocessing`` None.
+    labels, ``class_names`` "0".."C-1", ``weights_sha256`` and ``preprocessing`` None,
+    ``random_init`` False, ``content_digest`` that of the given ids and labels.
     """
     path = Path(path)
     if path.exists():
@@ -444,11 +477,16 @@ def write_store(
         "backbone": "synthetic",
         "dataset": "synthetic",
         "weights_sha256": None,
+        "random_init": False,
         "preprocessing": None,
         "num_classes": num_classes,
         "class_names": [str(c) for c in range(num_classes)],
         **(attrs or {}),
     }
+    if "content_digest" not in full:
+        full["content_digest"] = content_digest(
+            full["class_names"], {name: (s.ids.tolist(), s.labels) for name, s in data.items()}
+        )
     writer = StoreWriter.open(
         path,
         full,

@@ -91,7 +91,8 @@ def test_partial_store_is_incomplete_and_resumes(tmp_path):
 def test_other_model_or_dataset_is_refused(tmp_path):
     path = tmp_path / "s.zarr"
     _writer(path)
-    with pytest.raises(FileExistsError, match="model 'm' on dataset 'd', not model 'x'"):
+    match = "model 'm' on dataset 'd' that differs in backbone, chunk_rows .backbone: 'm' there"
+    with pytest.raises(FileExistsError, match=match):
         StoreWriter.open(path, {"backbone": "x", "dataset": "d"}, {"train": 10, "test": 3}, 2)
     with pytest.raises(FileExistsError, match="weights_sha256"):
         _writer(path, weights_sha256="abc")
