@@ -8,12 +8,20 @@ Layout::
         labels     (N,)          int64: a class, UNKNOWN_LABEL (-1) or SKIPPED_LABEL (-2)
         ids        (N,)          str
         chunks_done (n_chunks,)  bool, set after a chunk's three arrays are written
+        checksums (n_chunks,)    uint64: blake2b of the chunk's rows (features, labels, ids)
+        chunk_bytes (n_chunks, 3) int64: sizes of the chunk's features/labels/ids files
+      (group attrs ``checksums`` and ``chunk_bytes``: both, per split, once complete)
       test/ ...
 
 Every chunk write is atomic (zarr's local store writes through a temporary file and a rename),
 ``chunks_done`` is set only after a chunk's rows are in place, and the group attribute
 ``complete`` becomes true only after every chunk of both splits is done. A killed writer therefore
 never leaves a store that reads as complete, and a rerun continues with the missing chunks.
+
+Integrity: :func:`open_store` checks that every chunk file a complete store records exists with
+the size written (cheap: no chunk is read), so a deleted or truncated chunk is an error naming
+the store, split and chunk instead of fill values (zeros, label -1) or a raw decompression
+error; :func:`verify_store` (``alfm check``) reads every chunk and compares its checksum.
 
 Shards: several processes may write one store at once, each its own chunks (:class:`Shard`:
 chunk ``g`` of the train-then-test chunk sequence belongs to shard ``g mod N``). Whichever comes
@@ -78,6 +86,14 @@ RUNS_GROUP = "extract_runs"
 
 class IncompleteStoreError(RuntimeError):
     """A store whose writer has not finished (still running, killed or failed)."""
+
+
+class CorruptStoreError(ValueError):
+    """A store whose recorded chunks are missing, truncated, unreadable or altered."""
+
+
+# The row arrays of a split, in the column order of ``chunk_bytes``.
+ROW_ARRAYS = ("features", "labels", "ids")
 
 
 @dataclass(frozen=True)
@@ -146,14 +162,25 @@ class FeatureStore:
         Rows of images skipped during extraction (``SKIPPED_LABEL``) are left out unless
         ``include_skipped``; rows of unknown class (``UNKNOWN_LABEL``) are kept.
         """
-        group = self._split(split)
-        labels = np.asarray(group["labels"][:], dtype=np.int64)
+        labels = np.asarray(self._read(split, "labels"), dtype=np.int64)
         keep = slice(None) if include_skipped else labels != SKIPPED_LABEL
         return SplitData(
-            features=np.asarray(group["features"][:])[keep],
+            features=np.asarray(self._read(split, "features"))[keep],
             labels=labels[keep],
-            ids=np.asarray(group["ids"][:], dtype=object).astype(str)[keep],
+            ids=np.asarray(self._read(split, "ids"), dtype=object).astype(str)[keep],
         )
+
+    def _read(self, split: str, name: str) -> np.ndarray:
+        """A whole array of ``split``; a chunk that cannot be decoded is a
+        :class:`CorruptStoreError` naming it."""
+        array = self._split(split)[name]
+        try:
+            return array[:]
+        except Exception:  # zarr and its codecs raise many types; find and name the chunk
+            chunk_rows = array.chunks[0]
+            for index in range(-(-array.shape[0] // chunk_rows)):
+                _read_chunk(self.path, split, array, name, index)
+            raise
 
     def _split(self, split: str) -> zarr.Group:
         if split not in SPLITS:
@@ -178,7 +205,9 @@ def _open_group(path: Path) -> zarr.Group:
 
 
 def open_store(path: str | Path) -> FeatureStore:
-    """Open a complete store; ``IncompleteStoreError`` if its writer did not finish."""
+    """Open a complete store; ``IncompleteStoreError`` if its writer did not finish, and
+    :class:`CorruptStoreError` naming the split and chunk when a recorded chunk file is missing,
+    has another size than written, or the arrays disagree with the recorded row counts."""
     path = Path(path)
     group = _open_group(path)
     if group.attrs.get("complete") is not True:
@@ -192,7 +221,105 @@ def open_store(path: str | Path) -> FeatureStore:
             f"feature store {path} is incomplete (chunks done: {done}); rerun the extraction "
             "to resume it"
         )
+    for split in SPLITS:
+        _check_chunk_files(path, group, split)
     return FeatureStore(path, group)
+
+
+def verify_store(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Check a store fully (``alfm check``): :func:`open_store`'s checks, then every chunk of
+    every split is read and its checksum compared with the one recorded when it was written.
+
+    Returns, per split, ``rows``, ``chunks`` and ``checksums`` (whether checksums were recorded:
+    stores written before they were are only read). A failure is a :class:`CorruptStoreError`
+    naming the store, split and chunk.
+    """
+    store = open_store(path)
+    report = {}
+    for split in SPLITS:
+        group = store._group[split]
+        n_chunks = int(group["chunks_done"].shape[0])
+        recorded = (store.attrs.get("checksums") or {}).get(split)
+        for index in range(n_chunks):
+            rows = [_read_chunk(store.path, split, group[name], name, index) for name in ROW_ARRAYS]
+            if recorded is not None and f"{_checksum(*rows):016x}" != recorded[index]:
+                raise CorruptStoreError(
+                    f"feature store {store.path}: {split} chunk {index} does not match the "
+                    "checksum recorded when it was written (altered or damaged); re-extract it"
+                )
+        report[split] = {
+            "rows": store.num_rows(split),
+            "chunks": n_chunks,
+            "checksums": recorded is not None,
+        }
+    return report
+
+
+def _chunk_file(path: Path, split: str, array: zarr.Array, index: int) -> Path:
+    """The file of chunk ``index`` (along rows) of ``array`` of ``split`` in the store."""
+    coords = (index,) + (0,) * (array.ndim - 1)
+    return path / split / array.basename / array.metadata.encode_chunk_key(coords)
+
+
+def _read_chunk(path: Path, split: str, array: zarr.Array, name: str, index: int) -> np.ndarray:
+    """The rows of chunk ``index`` of ``array``; an undecodable chunk is a
+    :class:`CorruptStoreError` naming it."""
+    rows = array.chunks[0]
+    try:
+        return array[index * rows : (index + 1) * rows]
+    except Exception as err:  # zarr and its codecs raise many types
+        file = _chunk_file(path, split, array, index).relative_to(path)
+        raise CorruptStoreError(
+            f"feature store {path}: {split} chunk {index} ({name}, file {file}) cannot be read "
+            f"({type(err).__name__}: {err}); re-extract the store"
+        ) from err
+
+
+def _check_chunk_files(path: Path, group: zarr.Group, split: str) -> None:
+    """Row counts agree with the recorded sizes, and every chunk file exists with the size
+    recorded when it was written (the ``chunk_bytes`` attribute; stores from before it was
+    recorded: the features and ids files exist). Reads no chunk."""
+    sub = group[split]
+    arrays = {name: sub[name] for name in ROW_ARRAYS}
+    expected = (group.attrs.get("sizes") or {}).get(split)
+    counts = {name: int(array.shape[0]) for name, array in arrays.items()}
+    if len(set(counts.values())) != 1 or (expected is not None and counts["ids"] != expected):
+        raise CorruptStoreError(
+            f"feature store {path}: {split} row counts {counts} disagree with the recorded "
+            f"{expected} rows"
+        )
+    n_chunks = -(-counts["ids"] // arrays["features"].chunks[0])
+    sizes = (group.attrs.get("chunk_bytes") or {}).get(split)
+    if sizes is not None and len(sizes) != n_chunks:
+        raise CorruptStoreError(
+            f"feature store {path}: {split} has {n_chunks} chunks, {len(sizes)} were recorded"
+        )
+    for index in range(n_chunks):
+        for column, name in enumerate(ROW_ARRAYS):
+            if sizes is None and name == "labels":
+                continue  # an all-UNKNOWN_LABEL chunk equals the fill value and has no file
+            file = _chunk_file(path, split, arrays[name], index)
+            size = file.stat().st_size if file.is_file() else None
+            want = None if sizes is None else int(sizes[index][column])
+            if size is None and want != 0:
+                problem = "is missing"
+            elif want is not None and (size or 0) != want:
+                problem = f"has {size or 0} bytes, {want} were written (truncated or altered)"
+            else:
+                continue
+            raise CorruptStoreError(
+                f"feature store {path}: {split} chunk {index} ({name}, file "
+                f"{file.relative_to(path)}) {problem}; re-extract the store"
+            )
+
+
+def _checksum(features: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> int:
+    """blake2b (64 bits) of one chunk's rows as stored."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(np.ascontiguousarray(features).tobytes())
+    digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    digest.update("\n".join(map(str, ids)).encode())
+    return int.from_bytes(digest.digest(), "little")
 
 
 def store_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
@@ -347,9 +474,19 @@ class StoreWriter:
                 f"chunk {index} of {split} needs {n} rows of dim {group['features'].shape[1]}, "
                 f"got features {features.shape}, {len(labels)} labels, {len(ids)} ids"
             )
-        group["features"][rows] = np.asarray(features, dtype=group["features"].dtype)
-        group["labels"][rows] = np.asarray(labels, dtype=np.int64)
-        group["ids"][rows] = np.asarray(ids, dtype=str)
+        values = {
+            "features": np.asarray(features, dtype=group["features"].dtype),
+            "labels": np.asarray(labels, dtype=np.int64),
+            "ids": np.asarray(ids, dtype=str),
+        }
+        for name in ROW_ARRAYS:
+            group[name][rows] = values[name]
+        if "checksums" in group:  # stores created before checksums were recorded have none
+            group["checksums"][index] = _checksum(*values.values())
+            group["chunk_bytes"][index] = [
+                file.stat().st_size if file.is_file() else 0
+                for file in (_chunk_file(self.path, split, group[n], index) for n in ROW_ARRAYS)
+            ]
         group["chunks_done"][index] = True
 
     def skipped_ids(self) -> dict[str, list[str]]:
@@ -380,7 +517,15 @@ class StoreWriter:
                 for shard, chunks in missing.items()
             )
             raise IncompleteStoreError(f"cannot finish {self.path}: chunks missing: {owners}")
-        self._group.attrs.update({**(extra_attrs or {}), "complete": True})
+        integrity: dict[str, dict[str, Any]] = {"checksums": {}, "chunk_bytes": {}}
+        for split in SPLITS:
+            group = self._group[split]
+            if "checksums" in group:  # consolidated here, so that opening reads no chunk
+                integrity["checksums"][split] = [f"{c:016x}" for c in group["checksums"][:]]
+                integrity["chunk_bytes"][split] = np.asarray(group["chunk_bytes"][:]).tolist()
+        if not integrity["checksums"]:
+            integrity = {}
+        self._group.attrs.update({**(extra_attrs or {}), **integrity, "complete": True})
 
 
 def _create_store(
@@ -405,6 +550,10 @@ def _create_store(
         sub.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", fill_value=-1)
         sub.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)
         sub.create_array("chunks_done", shape=(n_chunks,), chunks=(1,), dtype=bool)
+        sub.create_array("checksums", shape=(n_chunks,), chunks=(1,), dtype="uint64")
+        sub.create_array(
+            "chunk_bytes", shape=(n_chunks, 3), chunks=(1, 3), dtype="int64", fill_value=-1
+        )
     group.attrs.update(
         {
             **attrs,
@@ -422,22 +571,27 @@ def _create_store(
 
 
 def _check_same(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """A store at ``path`` made otherwise than ``wanted``: a ``FileExistsError`` listing every
-    differing identity field (a field absent from ``wanted`` is not compared)."""
+    """A store at ``path`` made otherwise than ``wanted``: a ``FileExistsError`` naming the other
+    model or dataset, else listing every differing identity field (a field absent from
+    ``wanted`` is not compared)."""
+    if (existing.get("backbone"), existing.get("dataset")) != (
+        wanted["backbone"],
+        wanted["dataset"],
+    ):
+        raise FileExistsError(
+            f"{path} holds the store of model {existing.get('backbone')!r} on dataset "
+            f"{existing.get('dataset')!r}, not model {wanted['backbone']!r} on dataset "
+            f"{wanted['dataset']!r}; choose another output path or delete it"
+        )
     differing = [
-        key
+        f"{key}={_short(existing.get(key))}, not {_short(wanted[key])}"
         for key in (*IDENTITY_KEYS, "chunk_rows")
         if key in wanted and existing.get(key) != wanted[key]
     ]
     if differing:
-        fields = "; ".join(
-            f"{key}: {_short(existing.get(key))} there, {_short(wanted[key])} here"
-            for key in differing
-        )
         raise FileExistsError(
-            f"{path} holds a store of model {existing.get('backbone')!r} on dataset "
-            f"{existing.get('dataset')!r} that differs in {', '.join(differing)} ({fields}); "
-            "choose another output path or delete it to re-extract"
+            f"{path} holds a store of {wanted['backbone']!r} on {wanted['dataset']!r} made with "
+            f"{'; '.join(differing)}; choose another output path or delete it to re-extract"
         )
 
 
