@@ -38,6 +38,7 @@ zeros). :meth:`FeatureStore.load` leaves skipped rows out and keeps unknown ones
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib.metadata
 import json
@@ -474,6 +475,7 @@ class StoreWriter:
                 f"chunk {index} of {split} needs {n} rows of dim {group['features'].shape[1]}, "
                 f"got features {features.shape}, {len(labels)} labels, {len(ids)} ids"
             )
+        self._discard_partial_writes(split, index)
         values = {
             "features": np.asarray(features, dtype=group["features"].dtype),
             "labels": np.asarray(labels, dtype=np.int64),
@@ -488,6 +490,17 @@ class StoreWriter:
                 for file in (_chunk_file(self.path, split, group[n], index) for n in ROW_ARRAYS)
             ]
         group["chunks_done"][index] = True
+
+    def _discard_partial_writes(self, split: str, index: int) -> None:
+        """Remove the temporary files (zarr's ``<chunk file>.<hex>.partial``) that a writer
+        killed while writing chunk ``index`` of ``split`` left; only the writer of a chunk
+        writes its files, so no other process's write is touched."""
+        group = self._group[split]
+        for name in (*ROW_ARRAYS, "checksums", "chunk_bytes", "chunks_done"):
+            if name in group:
+                file = _chunk_file(self.path, split, group[name], index)
+                for orphan in file.parent.glob(f"{file.name}.*.partial"):
+                    orphan.unlink(missing_ok=True)
 
     def skipped_ids(self) -> dict[str, list[str]]:
         """Ids of the rows written with ``SKIPPED_LABEL`` (skipped images), per split."""
@@ -525,6 +538,8 @@ class StoreWriter:
                 integrity["chunk_bytes"][split] = np.asarray(group["chunk_bytes"][:]).tolist()
         if not integrity["checksums"]:
             integrity = {}
+        for orphan in self.path.rglob("*.partial"):  # every writer is done: killed writes' files
+            orphan.unlink(missing_ok=True)
         self._group.attrs.update({**(extra_attrs or {}), **integrity, "complete": True})
 
 
@@ -538,7 +553,12 @@ def _create_store(
 ) -> None:
     """Build the empty store in a private directory beside ``path`` and rename it into place;
     when another process got there first, its store stays and this one is dropped."""
-    staging = path.with_name(f".{path.name}.creating-{socket.gethostname()}-{os.getpid()}")
+    prefix = f".{path.name}.creating-{socket.gethostname()}-"
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*"):  # left by killed creators here
+        pid = stale.name.removeprefix(prefix)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = path.with_name(f"{prefix}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     group = zarr.open_group(str(staging), mode="w", zarr_format=3)
     for split in SPLITS:
@@ -568,6 +588,17 @@ def _create_store(
         shutil.rmtree(staging, ignore_errors=True)
         if not (path / "zarr.json").is_file():
             raise
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_same(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) -> None:

@@ -3,6 +3,12 @@ chunk integrity, safe run outputs, locks and cleanup of orphaned temporary files
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
 import pytest
 
 from alfm import pipeline
@@ -152,3 +158,164 @@ def test_identity_mismatch_lists_every_differing_field(tmp_path):
         match="made with content_digest=None, not 'abc'; dtype='float16', not 'float32'; class_",
     ):
         StoreWriter.open(path, other, {"train": 4, "test": 2}, 3, dtype="float32")
+
+
+# --- defect 5 (and 7, 8): run outputs are never overwritten by another run, locked, cleaned ---
+
+
+@pytest.fixture(scope="module")
+def run_store(tmp_path_factory):
+    from test_run import make_store
+
+    return make_store(tmp_path_factory.mktemp("run") / "s.zarr", n=120, test=40, classes=4, dim=8)
+
+
+def _run_config(store, **changes):
+    from alfm.run import RunConfig
+
+    base = {
+        "features": str(store),
+        "strategy": "random",
+        "seed": 0,
+        "budget": {"init_size": 8, "step_size": 8, "evaluations": 2},
+        "probe": {"max_epochs": 20, "patience": 5},
+        "device": "cpu",
+    }
+    return RunConfig.from_dict({**base, **changes})
+
+
+def _run(config, out, **kwargs):
+    from alfm.run import run_active_learning
+
+    return run_active_learning(config, out, progress=False, **kwargs)
+
+
+def test_an_unrelated_file_at_out_is_never_overwritten(run_store, tmp_path):
+    out = tmp_path / "important.csv"
+    out.write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="important.csv exists and is not an alfm run result"):
+        _run(_run_config(run_store), out)
+    assert out.read_text() == "a,b\n1,2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["important.csv"]
+
+
+def test_another_runs_result_is_not_overwritten_once_its_checkpoint_is_gone(run_store, tmp_path):
+    out = tmp_path / "r.parquet"
+    _run(_run_config(run_store), out)
+    (tmp_path / "r.parquet.ckpt").unlink()
+    before = out.read_bytes()
+    with pytest.raises(ValueError, match="holds another run .*strategy: 'random' there, 'margins"):
+        _run(_run_config(run_store, strategy="margins"), out)
+    assert out.read_bytes() == before
+    _run(_run_config(run_store), out)  # the same run may recompute its own result
+    assert out.exists()
+
+
+def test_fewer_evaluations_do_not_rewrite_a_longer_finished_run(run_store, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "r.parquet"
+    _run(_run_config(run_store, budget={"init_size": 8, "step_size": 8, "evaluations": 3}), out)
+    before = out.read_bytes()
+    shorter = _run_config(run_store, budget={"init_size": 8, "step_size": 8, "evaluations": 2})
+    with pytest.raises(ValueError, match="holds 3 rounds of this run; writing 2 would drop"):
+        _run(shorter, out)
+    assert out.read_bytes() == before
+    assert len(pd.read_parquet(out)) == 3
+    assert len(_run(shorter, out, shorten=True)) == 2  # the workflow's state file may shorten
+
+
+def test_a_run_held_by_another_process_is_refused_with_its_pid(run_store, tmp_path):
+    from alfm.run import RunLockedError, run_lock
+
+    out = tmp_path / "r.parquet"
+    with run_lock(out):
+        holder = (tmp_path / ".r.parquet.lock").read_text()
+        assert holder.startswith(f"PID {os.getpid()} on ")
+        with pytest.raises(
+            RunLockedError, match=f"being written by another process .PID {os.getpid()}"
+        ):
+            _run(_run_config(run_store), out)
+    assert not (tmp_path / ".r.parquet.lock").exists() and not out.exists()
+    _run(_run_config(run_store), out)
+    assert not (tmp_path / ".r.parquet.lock").exists()
+
+
+def test_two_processes_on_one_out_one_wins_and_one_is_refused(run_store, tmp_path):
+    """The issue's race: two runs with different configs at once on one --out."""
+    out = tmp_path / "r.parquet"
+    args = ["--features", str(run_store), "--seed", "0", "--init-size", "8", "--step-size", "8",
+            "--evaluations", "6", "--device", "cpu", "--out", str(out), "--quiet"]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "alfm", "run", *args]
+    first = subprocess.Popen([*cmd, "--strategy", "random"], env=env, stderr=subprocess.PIPE)
+    lock = tmp_path / ".r.parquet.lock"
+    deadline = time.time() + 300
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    second = subprocess.run(
+        [*cmd, "--strategy", "margins"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert first.wait(timeout=300) == 0
+    assert second.returncode == 2, second.stderr
+    refusals = ("being written by another process", "holds another run", "different run")
+    assert any(text in second.stderr for text in refusals), second.stderr
+    from alfm.run import read_run_metadata
+
+    assert read_run_metadata(out)["config"]["strategy"] == "random"
+
+
+def test_output_paths_and_seed_are_checked_before_anything_is_computed(run_store, tmp_path):
+    from alfm.run import RunConfig
+
+    folder = tmp_path / "out.parquet"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="out.parquet is a directory; --out must name a file"):
+        _run(_run_config(run_store), folder)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="file is not a directory"):
+        _run(_run_config(run_store), tmp_path / "file" / "r.parquet")
+    with pytest.raises(
+        ValueError, match=r"'seed' must be an integer >= 0 and <= 9223372036854775807"
+    ):
+        RunConfig.from_dict({"features": "x", "strategy": "random", "seed": 2**64})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "out.parquet"]
+    assert not any(folder.iterdir())
+
+
+def test_orphaned_temporary_files_of_a_killed_write_are_removed(run_store, tmp_path):
+    out = tmp_path / "r.parquet"
+    hexes = ["0" * 32, "a" * 32, "b" * 32]
+    orphans = [
+        tmp_path / f".r.parquet{s}.{h}.tmp"
+        for s, h in zip(("", ".ckpt", ".indices.npz"), hexes, strict=True)
+    ]
+    other = tmp_path / f".other.parquet.{'c' * 32}.tmp"
+    for path in [*orphans, other]:
+        path.write_bytes(b"half written")
+    _run(_run_config(run_store), out)
+    assert not any(p.exists() for p in orphans)
+    assert other.exists(), "another run's files are not touched"
+
+
+def test_partial_chunk_writes_of_a_killed_extraction_are_removed(tmp_path):
+    from alfm.store import StoreWriter
+
+    path = tmp_path / "s.zarr"
+    writer = StoreWriter.open(path, {"backbone": "m", "dataset": "d"}, {"train": 4, "test": 2}, 2,
+                              chunk_rows=2)  # fmt: skip
+    orphan = path / "train" / "features" / "c" / "1" / f"0.{'d' * 32}.partial"
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"half")
+    writer.write_chunk("train", 0, np.ones((2, 2)), np.arange(2), np.array(["a", "b"]))
+    assert orphan.exists(), "chunk 1 is not this write's"
+    writer.write_chunk("train", 1, np.ones((2, 2)), np.arange(2), np.array(["c", "d"]))
+    assert not orphan.exists()
+    import socket
+
+    stale = tmp_path / f".t.zarr.creating-{socket.gethostname()}-999999999"
+    stale.mkdir()
+    StoreWriter.open(
+        tmp_path / "t.zarr", {"backbone": "m", "dataset": "d"}, {"train": 1, "test": 1}, 2
+    )
+    assert not stale.exists()
