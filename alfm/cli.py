@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from alfm.budget import BudgetConfig
 from alfm.config import DEVICES, add_arguments, parsed_arguments
@@ -529,8 +529,15 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (naming the option) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alfm", description=__doc__)
+    parser = OneLineParser(prog="alfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     commands = (add_extract, add_run, add_advance, add_aggregate, add_plot, add_list, add_check)
     for add in (*commands, add_label):

@@ -402,7 +402,7 @@ class StoreWriter:
         attrs["sizes"] = {split: int(sizes[split]) for split in SPLITS}
         if not (path / "zarr.json").is_file():
             # a store renamed into place by another shard appears whole, zarr.json included
-            if path.exists() and any(path.iterdir()) and not (path / "zarr.json").is_file():
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
                 raise FileExistsError(
                     f"{path} exists and is not a feature store; choose another --out"
                 )
