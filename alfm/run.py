@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import math
 import os
@@ -782,8 +783,10 @@ def _save_checkpoint(path: Path, identity: dict[str, Any], state: _State) -> Non
         "probe_state": state.probe_state,
         "computed": state.computed,
     }
+    buffer = io.BytesIO()  # torch.save to a path turns a full disk into a RuntimeError
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _restore_probe(state: dict[str, torch.Tensor] | None, dropout: float, device: str) -> Probe:

@@ -560,6 +560,28 @@ def _create_store(
             shutil.rmtree(stale, ignore_errors=True)
     staging = path.with_name(f"{prefix}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _build_empty_store(staging, attrs, sizes, dim, dtype, chunk_rows)
+    except BaseException:  # a full disk, say: leave no half-built folder
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        os.rename(staging, path)  # atomic; replaces an empty directory, fails on a full one
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (path / "zarr.json").is_file():
+            raise
+
+
+def _build_empty_store(
+    staging: Path,
+    attrs: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    dim: int,
+    dtype: str,
+    chunk_rows: int,
+) -> None:
+    """The empty arrays and attributes of a new store, written at ``staging``."""
     group = zarr.open_group(str(staging), mode="w", zarr_format=3)
     for split in SPLITS:
         n = int(sizes[split])
@@ -582,12 +604,6 @@ def _create_store(
             "complete": False,
         }
     )
-    try:
-        os.rename(staging, path)  # atomic; replaces an empty directory, fails on a full one
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (path / "zarr.json").is_file():
-            raise
 
 
 def _alive(pid: int) -> bool:
