@@ -65,6 +65,9 @@ def _manifest(folder: Path, labels: list[str], name: str) -> Path:
     return path
 
 
+DINO_FILE = "vit_small_patch14_dinov2.lvd142m.safetensors"
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every input the cases use, under one folder."""
@@ -113,9 +116,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _manifest(images, ["a", "", "a", "b", "a", "b"], "empty_label.csv")
     extract_features("mobilenet_v2", "manifest", stores / "a.zarr", root=images / "a.csv",
                      image_size=32, num_workers=0, progress=False)  # fmt: skip
-    (root / "models").mkdir()
-    (root / "models" / "mobilenet_v2-b0353104.pth").write_bytes(b"not a torch file")
+    (root / "models" / "timm").mkdir(parents=True)
+    (root / "models" / "timm" / DINO_FILE).write_bytes(b"not a weights file")
     return root
+
+
+TOKENS = {  # shorthands of the case table; {world} and {case} are filled in when run
+    "{good}": "--features {world}/stores/good.zarr",
+    "{out}": "--out {case}/r.parquet",
+    "{stores}": "{world}/stores",
+}
 
 
 @dataclass(frozen=True)
@@ -131,19 +141,12 @@ class Case:
 
 
 def _case(id: str, args: str, culprit: str, **kwargs) -> Case:
+    for token, text in TOKENS.items():
+        args = args.replace(token, text)
     return Case(id, tuple(_with_defaults(args.split())), culprit, **kwargs)
 
 
-TOKENS = {  # shorthands of the case table, expanded before {world} and {case}
-    "{good}": "--features {world}/stores/good.zarr",
-    "{out}": "--out {case}/r.parquet",
-    "{stores}": "{world}/stores",
-}
-
-
 def _expand(arg: str, world: Path, folder: Path) -> str:
-    for token, text in TOKENS.items():
-        arg = arg.replace(token, text)
     return arg.replace("{world}", str(world)).replace("{case}", str(folder))
 
 
@@ -245,8 +248,8 @@ CASES = [
           "shard must be i/N"),
     _case("dtype-float64", "extract --dataset digits --dtype float64 --out {case}/s.zarr",
           "argument --dtype: invalid choice"),
-    _case("corrupt-weights", "extract --dataset digits --model-dir {world}/models "
-          "--out {case}/s.zarr", "models/mobilenet_v2-b0353104.pth"),
+    _case("corrupt-weights", "extract --model dinov2_vits14 --image-size 28 --dataset digits "
+          "--model-dir {world}/models --out {case}/s.zarr", DINO_FILE),
     _case("manifest-empty-label", "extract --dataset manifest --out {case}/s.zarr "
           "--root {world}/images/empty_label.csv", "empty_label.csv"),
     _case("store-of-another-manifest", "extract --dataset manifest --root {world}/images/b.csv "
