@@ -22,6 +22,9 @@ Integrity: :func:`open_store` checks that every chunk file a complete store reco
 the size written (cheap: no chunk is read), so a deleted or truncated chunk is an error naming
 the store, split and chunk instead of fill values (zeros, label -1) or a raw decompression
 error; :func:`verify_store` (``alfm check``) reads every chunk and compares its checksum.
+Temporary files a killed writer left (zarr's ``*.partial``, a half-built creation folder) are
+removed when their chunk is written again, when the store is finished, and (creation folders of
+dead processes on this host) when a store is next created beside them.
 
 Shards: several processes may write one store at once, each its own chunks (:class:`Shard`:
 chunk ``g`` of the train-then-test chunk sequence belongs to shard ``g mod N``). Whichever comes
