@@ -44,7 +44,7 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms import InterpolationMode
 
-from alfm.registry import Registry
+from alfm.registry import Registry, returns
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -157,7 +157,21 @@ class Backbone:
 
 
 BackboneFactory = Callable[..., Backbone]
-_BACKBONES: Registry[BackboneFactory] = Registry("backbone", prefixes=("timm:", "open_clip:"))
+_BACKBONES: Registry[BackboneFactory] = Registry(
+    "backbone",
+    prefixes=("timm:", "open_clip:"),
+    accepts=returns(Backbone),
+    expected="a backbone factory (registered with alfm.backbones.register_backbone, or a "
+    "function annotated to return alfm.backbones.Backbone)",
+)
+
+
+def register_backbone(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    """Decorator registering a backbone factory as ``name``: called with keyword arguments
+    ``model_dir`` (Path), ``random_init`` (bool) and ``image_size`` (int or None), it returns a
+    :class:`Backbone`. A module that registers its factories can be named in config by dotted
+    path (``package.module:factory``)."""
+    return _BACKBONES.register(name)
 
 
 def resolve_model_dir(model_dir: str | Path | None = None) -> Path:

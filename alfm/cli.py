@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from alfm.budget import BudgetConfig
 from alfm.config import DEVICES, add_arguments, parsed_arguments
@@ -293,6 +293,39 @@ def add_list(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handler)
 
 
+def add_check(sub: argparse._SubParsersAction) -> None:
+    """``alfm check STORE...``: verify feature stores fully (every chunk read and checksummed)."""
+    parser = sub.add_parser(
+        "check",
+        help="verify feature stores: every chunk present, readable and as written",
+        description="Check each feature store fully: complete, every chunk file present with "
+        "the size written, every chunk decodable and equal to the checksum recorded when it was "
+        "written. Exit 0 when all are sound, 2 naming the first bad store, split and chunk.",
+    )
+    parser.add_argument("stores", nargs="+", help="feature store (zarr directory)")
+
+    def handler(args: argparse.Namespace) -> int:
+        from alfm.store import IncompleteStoreError, verify_store
+
+        for path in args.stores:
+            try:
+                report = verify_store(path)
+            except IncompleteStoreError as err:
+                raise ValueError(str(err)) from err
+            splits = ", ".join(
+                f"{split} {r['rows']} rows in {r['chunks']} chunks" for split, r in report.items()
+            )
+            checked = (
+                "checksums match"
+                if all(r["checksums"] for r in report.values())
+                else "all chunks read (no checksums recorded: an older store)"
+            )
+            print(f"{path}: ok ({splits}; {checked})")
+        return 0
+
+    parser.set_defaults(handler=handler)
+
+
 def add_label(sub: argparse._SubParsersAction) -> None:
     """``alfm label init|next|import|status|export|push|pull``: the real labeling loop."""
     parser = sub.add_parser(
@@ -507,20 +540,29 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (naming the option) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="alfm", description=__doc__)
+    parser = OneLineParser(prog="alfm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_extract, add_run, add_advance, add_aggregate, add_plot, add_list, add_label):
+    commands = (add_extract, add_run, add_advance, add_aggregate, add_plot, add_list, add_check)
+    for add in (*commands, add_label):
         add(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``alfm`` console script; errors print one line and exit 2."""
+    """Entry point of the ``alfm`` console script; errors print one line and exit 2 (bad input,
+    and file-system errors such as a read-only folder or a full disk, which name the path)."""
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+    except (ValueError, OSError, KeyError) as err:
         command = " ".join(filter(None, [args.command, getattr(args, "label_command", None)]))
         print(f"alfm {command}: error: {err}", file=sys.stderr)
         return 2

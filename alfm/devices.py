@@ -1,17 +1,26 @@
 """Device selection shared by extraction and the run engine."""
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import torch
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` is CUDA when available, else the CPU; ``cuda`` without a GPU is an error."""
+    """``auto`` is CUDA when available, else the CPU; ``cpu``, ``cuda`` and ``cuda:N`` name a
+    device; anything else, or a CUDA device torch does not see, is a one-line error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but torch sees no CUDA device")
+    match = re.fullmatch(r"(cpu|cuda)(?::(\d+))?", str(device))
+    if match is None or (match[1] == "cpu" and match[2] is not None):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if match[1] == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r} was requested but torch sees no CUDA device")
+        if match[2] is not None and int(match[2]) >= count:
+            raise ValueError(f"device {device!r}: torch sees only {count} CUDA device(s)")
     return torch.device(device)
 
 

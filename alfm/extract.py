@@ -116,16 +116,18 @@ def extract_features(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     part = Shard.parse(shard) if isinstance(shard, str) else shard or Shard()
     out = Path(out) if out is not None else default_store_path(model, dataset)
+    dev = resolve_device(device)
     backbone = create_backbone(
         model, model_dir=model_dir, random_init=random_init, image_size=image_size
     )
     data = create_dataset(dataset, root)
     splits = {name: data.split(name) for name in SPLITS}
-    dev = resolve_device(device)
     attrs = {
         "backbone": model,
         "weights_sha256": backbone.weights_sha256,
@@ -133,6 +135,7 @@ def extract_features(
         "preprocessing": backbone.preprocessing,
         "dataset": dataset,
         "dataset_root": str(Path(root).expanduser().resolve()) if root is not None else None,
+        "content_digest": data.content_digest(),
         "num_classes": data.num_classes,
         "class_names": data.class_names,
     }

@@ -359,7 +359,7 @@ def advance_and_publish(
         if features not in attrs:
             attrs[features] = open_store(features).attrs
         state = Path(state_dir) / state_key(run, attrs[features]) / "run.parquet"
-        run_active_learning(run, state, progress=progress)
+        run_active_learning(run, state, progress=progress, shorten=True)
         out = Path(out)
         _copy_atomic(
             state.with_name(state.name + INDICES_SUFFIX), out.with_name(out.name + INDICES_SUFFIX)

@@ -17,17 +17,28 @@ Files of a run written to ``OUT`` (all atomically: temporary file, then ``os.rep
   the initial pool), so the labeled set of round r is the concatenation of ``round_1 … round_r``;
 - ``OUT.ckpt`` — the state after the last finished round, rewritten after every round.
 
+Output safety: ``OUT`` (a file path in a writable folder) is checked before anything is computed;
+an existing ``OUT`` that is not a result of this very run (its Parquet metadata's identity) is
+never overwritten, nor one holding more rounds than would be written; while a process advances a
+run it holds an exclusive lock (``fcntl.flock`` on ``.OUT.lock``, which names its PID), so a
+second process on the same ``OUT`` stops with an error naming the first; temporary files that
+a killed writer left beside ``OUT`` are removed by the next run of it.
+
 Rounds are numbered from 1 (the evaluation of the initial pool) to ``budget.evaluations``.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import io
 import json
 import math
 import os
 import platform
+import re
 import resource
+import socket
 import time
 import uuid
 import warnings
@@ -63,6 +74,7 @@ from alfm.store import UNKNOWN_LABEL, SplitData, open_store, store_identity
 from alfm.strategies import QueryContext, Strategy, create_strategy, query
 
 CHECKPOINT_FORMAT = 2
+MAX_SEED = 2**63 - 1  # records keep the seed in an int64 column
 #: RunConfig fields that may change between invocations of one run: where the store lives, the
 #: device and the display label (``budget.evaluations`` may change too: a longer run extends).
 RESUMABLE_FIELDS = ("features", "device", "label")
@@ -84,7 +96,9 @@ class RunConfig(Config):
 
     features: str = setting(minLength=1, help="feature store path")
     strategy: str = setting(minLength=1, help="query strategy name or module:Class")
-    seed: int = setting(minimum=0, help="seed of every random draw of the run")
+    seed: int = setting(
+        minimum=0, maximum=MAX_SEED, help="seed of every random draw of the run (0 .. 2^63-1)"
+    )
     strategy_params: dict[str, Any] = setting(
         default_factory=dict, help="hyperparameters of the query strategy"
     )
@@ -184,13 +198,17 @@ def run_active_learning(
     *,
     stop_round: int | None = None,
     progress: bool = True,
+    shorten: bool = False,
 ) -> pd.DataFrame:
     """Run (or resume, or extend) one AL run and write its results to ``out``.
 
     Continues from ``OUT.ckpt`` when it exists and belongs to the same run (a checkpoint of another
     store, strategy, init, seed, budget or probe is an error). ``stop_round=b`` advances the run
     only to round b and writes ``out`` with rounds 1 … b; nothing is computed when the checkpoint
-    already holds b rounds. Returns the records written to ``out``.
+    already holds b rounds (an explicit ``stop_round`` may write fewer rounds than ``out`` held).
+    Without it, an ``out`` that holds more rounds than ``budget.evaluations`` is an error unless
+    ``shorten`` (the workflow's state file, whose checkpoint keeps them). Output checks and the
+    run's lock: the module docstring. Returns the records written to ``out``.
     """
     if not isinstance(config, RunConfig):
         config = RunConfig.from_dict(config)
@@ -199,8 +217,11 @@ def run_active_learning(
     if isinstance(target, bool) or not isinstance(target, int) or not 1 <= target <= evaluations:
         raise ValueError(f"stop_round must be an integer in 1..{evaluations}, got {stop_round!r}")
     run = ActiveLearningRun(config, out)
-    run.advance_to(target, progress=progress)
-    return run.write(target)
+    with run.locked():
+        if stop_round is None and not shorten:
+            run.check_rounds(target)
+        run.advance_to(target, progress=progress)
+        return run.write(target)
 
 
 class RoundSteps:
@@ -321,6 +342,7 @@ class ActiveLearningRun(RoundSteps):
 
     def __init__(self, config: RunConfig, out: str | Path) -> None:
         self.out = Path(out)
+        check_output_path(self.out)
         device = resolve_device(config.device).type
         store = open_store(config.features)
         self.store_attrs = store.attrs
@@ -332,9 +354,31 @@ class ActiveLearningRun(RoundSteps):
         self.identity = run_identity(config, self.store_attrs)
         self.checkpoint = _sidecar(self.out, ".ckpt")
         self.state = _load_checkpoint(self.checkpoint, self.identity)
+        self.existing_rounds = _existing_rounds(self.out, self.identity)
         self.pool_labels = torch.as_tensor(train.labels, device=device)
         self.test_features = torch.as_tensor(test.features, dtype=torch.float32, device=device)
         self.test_labels = test.labels
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the run's lock (:func:`run_lock`) around advancing and writing it: under the
+        lock, ``OUT`` and the checkpoint are checked and read again (another process may have
+        advanced the run meanwhile) and a killed writer's temporary files are removed."""
+        with run_lock(self.out):
+            remove_orphans(self.out)
+            self.state = _load_checkpoint(self.checkpoint, self.identity)
+            self.existing_rounds = _existing_rounds(self.out, self.identity)
+            yield
+
+    def check_rounds(self, target: int) -> None:
+        """An error when ``OUT`` holds more rounds than ``target``: writing would replace
+        results with fewer."""
+        if self.existing_rounds > target:
+            raise ValueError(
+                f"{self.out} holds {self.existing_rounds} rounds of this run; writing {target} "
+                f"would drop rounds {target + 1}..{self.existing_rounds}: ask for "
+                f"{self.existing_rounds} or more evaluations, or choose another --out"
+            )
 
     # --- the benchmark's rounds -------------------------------------------------------------
 
@@ -637,6 +681,99 @@ def _sidecar(out: Path, suffix: str) -> Path:
     return out.with_name(out.name + suffix)
 
 
+SIDECARS = ("", ".ckpt", ".indices.npz")  # OUT and the files written beside it
+
+
+class RunLockedError(ValueError):
+    """Another process holds the lock of a run."""
+
+
+def check_output_path(out: Path) -> None:
+    """A one-line error unless ``out`` and its sidecar paths can be written as files: none is a
+    directory, and the nearest existing folder above them is a writable directory."""
+    for path in (_sidecar(out, suffix) for suffix in SIDECARS):
+        if path.is_dir():
+            raise ValueError(f"output {path} is a directory; --out must name a file")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"output {out}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"output {out}: cannot write in {folder} (read-only or no permission)")
+
+
+def _existing_rounds(out: Path, identity: Mapping[str, Any]) -> int:
+    """Rounds held by an existing ``out`` (0: none there); an error when ``out`` is not a
+    result of the run of ``identity``, which is therefore never overwritten."""
+    if not out.exists():
+        return 0
+    try:
+        metadata = read_run_metadata(out)
+        theirs = metadata["identity"]
+        rounds = int(metadata["rounds"])
+    except Exception as err:  # not Parquet, no alfm metadata, an older format: not ours
+        raise ValueError(
+            f"{out} exists and is not an alfm run result ({type(err).__name__}: {err}); "
+            "refusing to overwrite it: choose another --out or delete it"
+        ) from None
+    differences = _differences(theirs, identity)
+    if differences:
+        raise ValueError(
+            f"{out} holds another run ({'; '.join(differences)}); refusing to overwrite it: "
+            "choose another --out or delete it"
+        )
+    return rounds
+
+
+@contextmanager
+def run_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on the run writing ``out``: ``fcntl.flock`` on ``.OUT.lock`` beside it,
+    which holds the holder's PID and host while it runs and is removed afterwards. Held by
+    another process: a :class:`RunLockedError` naming it (nothing waits)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(f".{out.name}.lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "PID unknown"
+            os.close(fd)
+            raise RunLockedError(
+                f"run {out} is being written by another process ({holder}; lock {path}); wait "
+                "for it to finish or choose another --out"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:  # else its holder removed the file between our open and flock: try again
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still locked: a newcomer retries on a fresh file
+        os.close(fd)
+
+
+def remove_orphans(out: Path) -> list[Path]:
+    """Remove the temporary files that a killed :func:`atomic_path` write of ``out`` or its
+    sidecars left; call it holding the run's lock. Returns the removed paths."""
+    names = [re.escape(out.name + suffix) for suffix in SIDECARS]
+    pattern = re.compile(rf"\.(?:{'|'.join(names)})\.[0-9a-f]{{32}}\.tmp")
+    removed = []
+    if out.parent.is_dir():
+        for path in out.parent.iterdir():
+            if pattern.fullmatch(path.name):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
 def _load_checkpoint(path: Path, identity: dict[str, Any]) -> _State:
     if not path.exists():
         return _State()
@@ -674,8 +811,10 @@ def _save_checkpoint(path: Path, identity: dict[str, Any], state: _State) -> Non
         "probe_state": state.probe_state,
         "computed": state.computed,
     }
+    buffer = io.BytesIO()  # torch.save to a path turns a full disk into a RuntimeError
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def _restore_probe(

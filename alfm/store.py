@@ -8,12 +8,23 @@ Layout::
         labels     (N,)          int64: a class, UNKNOWN_LABEL (-1) or SKIPPED_LABEL (-2)
         ids        (N,)          str
         chunks_done (n_chunks,)  bool, set after a chunk's three arrays are written
+        checksums (n_chunks,)    uint64: blake2b of the chunk's rows (features, labels, ids)
+        chunk_bytes (n_chunks, 3) int64: sizes of the chunk's features/labels/ids files
+      (group attrs ``checksums`` and ``chunk_bytes``: both, per split, once complete)
       test/ ...
 
 Every chunk write is atomic (zarr's local store writes through a temporary file and a rename),
 ``chunks_done`` is set only after a chunk's rows are in place, and the group attribute
 ``complete`` becomes true only after every chunk of both splits is done. A killed writer therefore
 never leaves a store that reads as complete, and a rerun continues with the missing chunks.
+
+Integrity: :func:`open_store` checks that every chunk file a complete store records exists with
+the size written (cheap: no chunk is read), so a deleted or truncated chunk is an error naming
+the store, split and chunk instead of fill values (zeros, label -1) or a raw decompression
+error; :func:`verify_store` (``alfm check``) reads every chunk and compares its checksum.
+Temporary files a killed writer left (zarr's ``*.partial``, a half-built creation folder) are
+removed when their chunk is written again, when the store is finished, and (creation folders of
+dead processes on this host) when a store is next created beside them.
 
 Shards: several processes may write one store at once, each its own chunks (:class:`Shard`:
 chunk ``g`` of the train-then-test chunk sequence belongs to shard ``g mod N``). Whichever comes
@@ -30,6 +41,8 @@ zeros). :meth:`FeatureStore.load` leaves skipped rows out and keeps unknown ones
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -37,7 +50,7 @@ import platform
 import re
 import shutil
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,12 +64,17 @@ DTYPES = ("float16", "float32")
 DEFAULT_CHUNK_ROWS = 2048
 UNKNOWN_LABEL = -1  # an image whose class is not known (yet)
 SKIPPED_LABEL = -2  # an unreadable image skipped during extraction
-# Attributes that define a store's rows: resuming into a store that differs in any of them is an
-# error rather than a silent mix of two extractions, and a run's identity includes them.
+# Attributes that define a store's rows: resuming into (or reusing) a store that differs in any
+# of them is an error naming them rather than a silent mix of two extractions, and a run's
+# identity includes them. ``content_digest`` (:func:`content_digest`) stands for the dataset's
+# rows themselves (ids and labels, wherever its root lies), ``preprocessing`` for the image size
+# and view, ``weights_sha256`` and ``random_init`` for the weights.
 IDENTITY_KEYS = (
     "backbone",
     "dataset",
+    "content_digest",
     "weights_sha256",
+    "random_init",
     "preprocessing",
     "dtype",
     "dim",
@@ -72,6 +90,14 @@ RUNS_GROUP = "extract_runs"
 
 class IncompleteStoreError(RuntimeError):
     """A store whose writer has not finished (still running, killed or failed)."""
+
+
+class CorruptStoreError(ValueError):
+    """A store whose recorded chunks are missing, truncated, unreadable or altered."""
+
+
+# The row arrays of a split, in the column order of ``chunk_bytes``.
+ROW_ARRAYS = ("features", "labels", "ids")
 
 
 @dataclass(frozen=True)
@@ -140,14 +166,25 @@ class FeatureStore:
         Rows of images skipped during extraction (``SKIPPED_LABEL``) are left out unless
         ``include_skipped``; rows of unknown class (``UNKNOWN_LABEL``) are kept.
         """
-        group = self._split(split)
-        labels = np.asarray(group["labels"][:], dtype=np.int64)
+        labels = np.asarray(self._read(split, "labels"), dtype=np.int64)
         keep = slice(None) if include_skipped else labels != SKIPPED_LABEL
         return SplitData(
-            features=np.asarray(group["features"][:])[keep],
+            features=np.asarray(self._read(split, "features"))[keep],
             labels=labels[keep],
-            ids=np.asarray(group["ids"][:], dtype=object).astype(str)[keep],
+            ids=np.asarray(self._read(split, "ids"), dtype=object).astype(str)[keep],
         )
+
+    def _read(self, split: str, name: str) -> np.ndarray:
+        """A whole array of ``split``; a chunk that cannot be decoded is a
+        :class:`CorruptStoreError` naming it."""
+        array = self._split(split)[name]
+        try:
+            return array[:]
+        except Exception:  # zarr and its codecs raise many types; find and name the chunk
+            chunk_rows = array.chunks[0]
+            for index in range(-(-array.shape[0] // chunk_rows)):
+                _read_chunk(self.path, split, array, name, index)
+            raise
 
     def _split(self, split: str) -> zarr.Group:
         if split not in SPLITS:
@@ -172,7 +209,9 @@ def _open_group(path: Path) -> zarr.Group:
 
 
 def open_store(path: str | Path) -> FeatureStore:
-    """Open a complete store; ``IncompleteStoreError`` if its writer did not finish."""
+    """Open a complete store; ``IncompleteStoreError`` if its writer did not finish, and
+    :class:`CorruptStoreError` naming the split and chunk when a recorded chunk file is missing,
+    has another size than written, or the arrays disagree with the recorded row counts."""
     path = Path(path)
     group = _open_group(path)
     if group.attrs.get("complete") is not True:
@@ -186,12 +225,129 @@ def open_store(path: str | Path) -> FeatureStore:
             f"feature store {path} is incomplete (chunks done: {done}); rerun the extraction "
             "to resume it"
         )
+    for split in SPLITS:
+        _check_chunk_files(path, group, split)
     return FeatureStore(path, group)
+
+
+def verify_store(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Check a store fully (``alfm check``): :func:`open_store`'s checks, then every chunk of
+    every split is read and its checksum compared with the one recorded when it was written.
+
+    Returns, per split, ``rows``, ``chunks`` and ``checksums`` (whether checksums were recorded:
+    stores written before they were are only read). A failure is a :class:`CorruptStoreError`
+    naming the store, split and chunk.
+    """
+    store = open_store(path)
+    report = {}
+    for split in SPLITS:
+        group = store._group[split]
+        n_chunks = int(group["chunks_done"].shape[0])
+        recorded = (store.attrs.get("checksums") or {}).get(split)
+        for index in range(n_chunks):
+            rows = [_read_chunk(store.path, split, group[name], name, index) for name in ROW_ARRAYS]
+            if recorded is not None and f"{_checksum(*rows):016x}" != recorded[index]:
+                raise CorruptStoreError(
+                    f"feature store {store.path}: {split} chunk {index} does not match the "
+                    "checksum recorded when it was written (altered or damaged); re-extract it"
+                )
+        report[split] = {
+            "rows": store.num_rows(split),
+            "chunks": n_chunks,
+            "checksums": recorded is not None,
+        }
+    return report
+
+
+def _chunk_file(path: Path, split: str, array: zarr.Array, index: int) -> Path:
+    """The file of chunk ``index`` (along rows) of ``array`` of ``split`` in the store."""
+    coords = (index,) + (0,) * (array.ndim - 1)
+    return path / split / array.basename / array.metadata.encode_chunk_key(coords)
+
+
+def _read_chunk(path: Path, split: str, array: zarr.Array, name: str, index: int) -> np.ndarray:
+    """The rows of chunk ``index`` of ``array``; an undecodable chunk is a
+    :class:`CorruptStoreError` naming it."""
+    rows = array.chunks[0]
+    try:
+        return array[index * rows : (index + 1) * rows]
+    except Exception as err:  # zarr and its codecs raise many types
+        file = _chunk_file(path, split, array, index).relative_to(path)
+        raise CorruptStoreError(
+            f"feature store {path}: {split} chunk {index} ({name}, file {file}) cannot be read "
+            f"({type(err).__name__}: {err}); re-extract the store"
+        ) from err
+
+
+def _check_chunk_files(path: Path, group: zarr.Group, split: str) -> None:
+    """Row counts agree with the recorded sizes, and every chunk file exists with the size
+    recorded when it was written (the ``chunk_bytes`` attribute; stores from before it was
+    recorded: the features and ids files exist). Reads no chunk."""
+    sub = group[split]
+    arrays = {name: sub[name] for name in ROW_ARRAYS}
+    expected = (group.attrs.get("sizes") or {}).get(split)
+    counts = {name: int(array.shape[0]) for name, array in arrays.items()}
+    if len(set(counts.values())) != 1 or (expected is not None and counts["ids"] != expected):
+        raise CorruptStoreError(
+            f"feature store {path}: {split} row counts {counts} disagree with the recorded "
+            f"{expected} rows"
+        )
+    n_chunks = -(-counts["ids"] // arrays["features"].chunks[0])
+    sizes = (group.attrs.get("chunk_bytes") or {}).get(split)
+    if sizes is not None and len(sizes) != n_chunks:
+        raise CorruptStoreError(
+            f"feature store {path}: {split} has {n_chunks} chunks, {len(sizes)} were recorded"
+        )
+    for index in range(n_chunks):
+        for column, name in enumerate(ROW_ARRAYS):
+            if sizes is None and name == "labels":
+                continue  # an all-UNKNOWN_LABEL chunk equals the fill value and has no file
+            file = _chunk_file(path, split, arrays[name], index)
+            size = file.stat().st_size if file.is_file() else None
+            want = None if sizes is None else int(sizes[index][column])
+            if size is None and want != 0:
+                problem = "is missing"
+            elif want is not None and (size or 0) != want:
+                problem = f"has {size or 0} bytes, {want} were written (truncated or altered)"
+            else:
+                continue
+            raise CorruptStoreError(
+                f"feature store {path}: {split} chunk {index} ({name}, file "
+                f"{file.relative_to(path)}) {problem}; re-extract the store"
+            )
+
+
+def _checksum(features: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> int:
+    """blake2b (64 bits) of one chunk's rows as stored."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(np.ascontiguousarray(features).tobytes())
+    digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    digest.update("\n".join(map(str, ids)).encode())
+    return int.from_bytes(digest.digest(), "little")
 
 
 def store_identity(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """What defines a store's rows: its :data:`IDENTITY_KEYS` attributes (None when absent)."""
     return {key: attrs.get(key) for key in IDENTITY_KEYS}
+
+
+def content_digest(
+    class_names: Sequence[str], splits: Mapping[str, tuple[Sequence[str], Sequence[int] | None]]
+) -> str:
+    """A digest (32 hex digits) of a dataset's rows: its class names and, per split, the ids and
+    labels in order (``labels`` None where a source cannot list them without reading every
+    image: then the ids alone). Ids are paths relative to the dataset's root (or positions),
+    so a dataset moved elsewhere keeps its digest; a manifest with other rows or labels, or a
+    folder with other files, gets another one. Image bytes are not read."""
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(json.dumps([str(c) for c in class_names]).encode())
+    for split in sorted(splits):
+        ids, labels = splits[split]
+        digest.update(f"\0split {split} {len(ids)}\0".encode())
+        digest.update("\n".join(map(str, ids)).encode())
+        if labels is not None:
+            digest.update(np.asarray(labels, dtype="<i8").tobytes())
+    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:
@@ -249,7 +405,7 @@ class StoreWriter:
         attrs["sizes"] = {split: int(sizes[split]) for split in SPLITS}
         if not (path / "zarr.json").is_file():
             # a store renamed into place by another shard appears whole, zarr.json included
-            if path.exists() and any(path.iterdir()) and not (path / "zarr.json").is_file():
+            if path.exists() and (not path.is_dir() or any(path.iterdir())):
                 raise FileExistsError(
                     f"{path} exists and is not a feature store; choose another --out"
                 )
@@ -322,10 +478,32 @@ class StoreWriter:
                 f"chunk {index} of {split} needs {n} rows of dim {group['features'].shape[1]}, "
                 f"got features {features.shape}, {len(labels)} labels, {len(ids)} ids"
             )
-        group["features"][rows] = np.asarray(features, dtype=group["features"].dtype)
-        group["labels"][rows] = np.asarray(labels, dtype=np.int64)
-        group["ids"][rows] = np.asarray(ids, dtype=str)
+        self._discard_partial_writes(split, index)
+        values = {
+            "features": np.asarray(features, dtype=group["features"].dtype),
+            "labels": np.asarray(labels, dtype=np.int64),
+            "ids": np.asarray(ids, dtype=str),
+        }
+        for name in ROW_ARRAYS:
+            group[name][rows] = values[name]
+        if "checksums" in group:  # stores created before checksums were recorded have none
+            group["checksums"][index] = _checksum(*values.values())
+            group["chunk_bytes"][index] = [
+                file.stat().st_size if file.is_file() else 0
+                for file in (_chunk_file(self.path, split, group[n], index) for n in ROW_ARRAYS)
+            ]
         group["chunks_done"][index] = True
+
+    def _discard_partial_writes(self, split: str, index: int) -> None:
+        """Remove the temporary files (zarr's ``<chunk file>.<hex>.partial``) that a writer
+        killed while writing chunk ``index`` of ``split`` left; only the writer of a chunk
+        writes its files, so no other process's write is touched."""
+        group = self._group[split]
+        for name in (*ROW_ARRAYS, "checksums", "chunk_bytes", "chunks_done"):
+            if name in group:
+                file = _chunk_file(self.path, split, group[name], index)
+                for orphan in file.parent.glob(f"{file.name}.*.partial"):
+                    orphan.unlink(missing_ok=True)
 
     def skipped_ids(self) -> dict[str, list[str]]:
         """Ids of the rows written with ``SKIPPED_LABEL`` (skipped images), per split."""
@@ -355,7 +533,17 @@ class StoreWriter:
                 for shard, chunks in missing.items()
             )
             raise IncompleteStoreError(f"cannot finish {self.path}: chunks missing: {owners}")
-        self._group.attrs.update({**(extra_attrs or {}), "complete": True})
+        integrity: dict[str, dict[str, Any]] = {"checksums": {}, "chunk_bytes": {}}
+        for split in SPLITS:
+            group = self._group[split]
+            if "checksums" in group:  # consolidated here, so that opening reads no chunk
+                integrity["checksums"][split] = [f"{c:016x}" for c in group["checksums"][:]]
+                integrity["chunk_bytes"][split] = np.asarray(group["chunk_bytes"][:]).tolist()
+        if not integrity["checksums"]:
+            integrity = {}
+        for orphan in self.path.rglob("*.partial"):  # every writer is done: killed writes' files
+            orphan.unlink(missing_ok=True)
+        self._group.attrs.update({**(extra_attrs or {}), **integrity, "complete": True})
 
 
 def _create_store(
@@ -368,8 +556,35 @@ def _create_store(
 ) -> None:
     """Build the empty store in a private directory beside ``path`` and rename it into place;
     when another process got there first, its store stays and this one is dropped."""
-    staging = path.with_name(f".{path.name}.creating-{socket.gethostname()}-{os.getpid()}")
+    prefix = f".{path.name}.creating-{socket.gethostname()}-"
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*"):  # left by killed creators here
+        pid = stale.name.removeprefix(prefix)
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    staging = path.with_name(f"{prefix}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
+    try:
+        _build_empty_store(staging, attrs, sizes, dim, dtype, chunk_rows)
+    except BaseException:  # a full disk, say: leave no half-built folder
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        os.rename(staging, path)  # atomic; replaces an empty directory, fails on a full one
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (path / "zarr.json").is_file():
+            raise
+
+
+def _build_empty_store(
+    staging: Path,
+    attrs: Mapping[str, Any],
+    sizes: Mapping[str, int],
+    dim: int,
+    dtype: str,
+    chunk_rows: int,
+) -> None:
+    """The empty arrays and attributes of a new store, written at ``staging``."""
     group = zarr.open_group(str(staging), mode="w", zarr_format=3)
     for split in SPLITS:
         n = int(sizes[split])
@@ -380,6 +595,10 @@ def _create_store(
         sub.create_array("labels", shape=(n,), chunks=(rows,), dtype="int64", fill_value=-1)
         sub.create_array("ids", shape=(n,), chunks=(rows,), dtype=str)
         sub.create_array("chunks_done", shape=(n_chunks,), chunks=(1,), dtype=bool)
+        sub.create_array("checksums", shape=(n_chunks,), chunks=(1,), dtype="uint64")
+        sub.create_array(
+            "chunk_bytes", shape=(n_chunks, 3), chunks=(1, 3), dtype="int64", fill_value=-1
+        )
     group.attrs.update(
         {
             **attrs,
@@ -388,15 +607,23 @@ def _create_store(
             "complete": False,
         }
     )
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host."""
     try:
-        os.rename(staging, path)  # atomic; replaces an empty directory, fails on a full one
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (path / "zarr.json").is_file():
-            raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_same(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """A store at ``path`` made otherwise than ``wanted``: a ``FileExistsError`` naming the other
+    model or dataset, else listing every differing identity field (a field absent from
+    ``wanted`` is not compared)."""
     if (existing.get("backbone"), existing.get("dataset")) != (
         wanted["backbone"],
         wanted["dataset"],
@@ -406,12 +633,21 @@ def _check_same(path: Path, existing: dict[str, Any], wanted: dict[str, Any]) ->
             f"{existing.get('dataset')!r}, not model {wanted['backbone']!r} on dataset "
             f"{wanted['dataset']!r}; choose another output path or delete it"
         )
-    for key in (*IDENTITY_KEYS, "chunk_rows"):
-        if key in wanted and existing.get(key) != wanted[key]:
-            raise FileExistsError(
-                f"{path} holds a store of {wanted['backbone']!r} on {wanted['dataset']!r} made "
-                f"with {key}={existing.get(key)!r}, not {wanted[key]!r}; delete it to re-extract"
-            )
+    differing = [
+        f"{key}={_short(existing.get(key))}, not {_short(wanted[key])}"
+        for key in (*IDENTITY_KEYS, "chunk_rows")
+        if key in wanted and existing.get(key) != wanted[key]
+    ]
+    if differing:
+        raise FileExistsError(
+            f"{path} holds a store of {wanted['backbone']!r} on {wanted['dataset']!r} made with "
+            f"{'; '.join(differing)}; choose another output path or delete it to re-extract"
+        )
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_store(
@@ -428,7 +664,8 @@ def write_store(
 
     An existing ``path`` is a ``FileExistsError`` unless ``overwrite``, which deletes it first.
     Missing attributes get defaults: ``backbone``/``dataset`` "synthetic", ``num_classes`` from the
-    labels, ``class_names`` "0".."C-1", ``weights_sha256`` and ``preprocessing`` None.
+    labels, ``class_names`` "0".."C-1", ``weights_sha256`` and ``preprocessing`` None,
+    ``random_init`` False, ``content_digest`` that of the given ids and labels.
     """
     path = Path(path)
     if path.exists():
@@ -444,11 +681,16 @@ def write_store(
         "backbone": "synthetic",
         "dataset": "synthetic",
         "weights_sha256": None,
+        "random_init": False,
         "preprocessing": None,
         "num_classes": num_classes,
         "class_names": [str(c) for c in range(num_classes)],
         **(attrs or {}),
     }
+    if "content_digest" not in full:
+        full["content_digest"] = content_digest(
+            full["class_names"], {name: (s.ids.tolist(), s.labels) for name, s in data.items()}
+        )
     writer = StoreWriter.open(
         path,
         full,

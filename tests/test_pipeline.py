@@ -151,10 +151,10 @@ def test_extract_arguments_from_the_config():
 
 def test_registry_check_knows_registered_prefixed_and_dotted_names():
     registry = Registry("pipeline-test-kind", prefixes=("hub:",))
-    registry.add("known", object())
+    registry.add("known", pipeline.Grid)
     registry.check("known")
     registry.check("hub:anything/at-all")
-    registry.check("alfm.pipeline:Grid")
+    registry.check("alfm.pipeline:Grid")  # a dotted path to a registered entry
     assert registry.split_prefix("hub:x/y") == ("hub:", "x/y")
     assert registry.split_prefix("known") == (None, "known")
     with pytest.raises(UnknownNameError, match="names nothing after 'hub:'"):

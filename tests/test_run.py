@@ -130,8 +130,8 @@ def test_config_round_trip_and_defaults(store: Path) -> None:
     [
         ({"strategy_parms": {}}, "unknown run config key.*strategy_parms"),
         ({"seed": None}, "missing seed"),
-        ({"seed": -1}, "'seed' must be an integer >= 0, got -1"),
-        ({"seed": 1.0}, "'seed' must be an integer >= 0, got 1.0"),
+        ({"seed": -1}, "'seed' must be an integer >= 0 and <= 9223372036854775807, got -1"),
+        ({"seed": 1.0}, "'seed' must be an integer >= 0 and <= 9223372036854775807, got 1.0"),
         ({"strategy": ""}, "'strategy' must be a non-empty string"),
         ({"label": 3}, "'label' must be a string or null, got 3"),
         ({"device": "tpu"}, "'device' must be one of auto, cpu, cuda"),

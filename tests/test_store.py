@@ -8,11 +8,13 @@ import pytest
 from alfm.store import (
     SKIPPED_LABEL,
     UNKNOWN_LABEL,
+    CorruptStoreError,
     IncompleteStoreError,
     Shard,
     SplitData,
     StoreWriter,
     open_store,
+    verify_store,
     write_store,
 )
 
@@ -155,3 +157,54 @@ def test_unknown_labels_are_kept_and_skipped_rows_dropped(tmp_path):
     assert got.labels.tolist() == [0, -1, 1, -1, 2]
     assert list(got.ids) == ["tr0", "tr1", "tr2", "tr4", "tr5"]
     assert store.load("train", include_skipped=True).labels.tolist() == labels.tolist()
+
+
+def _chunked_store(path):
+    return write_store(path, _split(20, 3, 0, "a"), _split(8, 3, 1, "b"), chunk_rows=4).path
+
+
+@pytest.mark.parametrize("array", ["features", "labels", "ids"])
+def test_deleted_chunk_is_an_error_naming_store_split_and_chunk(tmp_path, array):
+    path = _chunked_store(tmp_path / "s.zarr")
+    key = "c/2/0" if array == "features" else "c/2"
+    (path / "train" / array / key).unlink()
+    for check in (open_store, verify_store):
+        with pytest.raises(CorruptStoreError, match=rf"{path}: train chunk 2 \({array}, .*missing"):
+            check(path)
+
+
+def test_truncated_chunk_is_an_error_naming_it_not_a_decompression_error(tmp_path):
+    path = _chunked_store(tmp_path / "s.zarr")
+    chunk = path / "test" / "features" / "c" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    with pytest.raises(CorruptStoreError, match=r"test chunk 1 \(features, .*has 10 bytes"):
+        open_store(path)
+
+
+def test_truncated_chunk_of_a_store_without_recorded_sizes_is_named_on_load(tmp_path):
+    import zarr
+
+    path = _chunked_store(tmp_path / "s.zarr")
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    for key in ("chunk_bytes", "checksums"):
+        del group.attrs[key]  # as written before they were recorded
+    chunk = path / "train" / "features" / "c" / "3" / "0"
+    chunk.write_bytes(chunk.read_bytes()[:10])
+    store = open_store(path)
+    with pytest.raises(CorruptStoreError, match=r"train chunk 3 \(features, .*cannot be read"):
+        store.load("train")
+    with pytest.raises(CorruptStoreError, match="train chunk 3"):
+        verify_store(path)
+
+
+def test_verify_store_compares_checksums(tmp_path):
+    path = _chunked_store(tmp_path / "s.zarr")
+    report = verify_store(path)
+    assert report["train"] == {"rows": 20, "chunks": 5, "checksums": True}
+    a, b = (path / "train" / "ids" / "c" / str(i) for i in (0, 1))
+    a_bytes = a.read_bytes()
+    b.write_bytes(a_bytes)  # same size (ids a0..a3 vs a4..a7), other rows: open cannot tell
+    assert len(a_bytes) == len(b.read_bytes())
+    open_store(path)
+    with pytest.raises(CorruptStoreError, match="train chunk 1 does not match the checksum"):
+        verify_store(path)

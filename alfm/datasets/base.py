@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset as TorchDataset
 
-from alfm.registry import Registry
+from alfm.registry import Registry, returns
+from alfm.store import content_digest
 
 SPLITS = ("train", "test")
 TEST_EVERY = 5  # a source without a split: every 5th sample of each class is test
@@ -47,9 +48,26 @@ class Dataset:
         """Number of classes."""
         return len(self.class_names)
 
+    def content_digest(self) -> str:
+        """:func:`alfm.store.content_digest` of the splits' ids and labels (a split lists them
+        as ``ids`` and ``labels`` attributes; positions and no labels where it has none)."""
+        rows = {}
+        for name, split in self.splits.items():
+            ids = getattr(split, "ids", None)
+            rows[name] = (
+                list(ids) if ids is not None else [str(i) for i in range(len(split))],
+                getattr(split, "labels", None),
+            )
+        return content_digest(self.class_names, rows)
+
 
 DatasetFactory = Callable[[Path | None], Dataset]
-_DATASETS: Registry[DatasetFactory] = Registry("dataset")
+_DATASETS: Registry[DatasetFactory] = Registry(
+    "dataset",
+    accepts=returns(Dataset),
+    expected="a dataset factory (registered with alfm.datasets.register_dataset, or a function "
+    "annotated to return alfm.datasets.Dataset)",
+)
 # The reference's class count of each dataset it names (its ALFM/conf/dataset/<name>.yaml, or
 # its loader where it has no such file); ``create_dataset`` checks every build against it.
 REFERENCE_CLASSES: dict[str, int] = {}

@@ -36,6 +36,16 @@ class TorchvisionSplit(TorchDataset):
         image, label = self.dataset[index]
         return image, int(label), f"{self.tag}/{index:07d}"
 
+    @property
+    def labels(self) -> list[int] | None:
+        """The source's labels where it lists them (``targets``, ``labels`` or ``_labels``),
+        else None (:meth:`alfm.datasets.Dataset.content_digest`)."""
+        for attr in ("targets", "labels", "_labels"):
+            values = getattr(self.dataset, attr, None)
+            if values is not None:
+                return [int(v) for v in values]
+        return None
+
 
 def _numbered(count: int) -> Callable[[Any], list[str]]:
     return lambda ds: [str(i) for i in range(count)]

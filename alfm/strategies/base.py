@@ -105,7 +105,16 @@ class Strategy(abc.ABC):
         return f"{type(self).__name__}({args})"
 
 
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy")
+def _is_strategy_class(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, Strategy) and not inspect.isabstract(obj)
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry(
+    "strategy",
+    plural="strategies",
+    accepts=_is_strategy_class,
+    expected="a (non-abstract) subclass of alfm.strategies.Strategy",
+)
 
 
 def register_strategy(name: str) -> Callable[[S], S]:
@@ -130,11 +139,9 @@ def list_strategies(initial_pool: bool = False) -> list[str]:
 
 
 def get_strategy_class(name: str) -> type[Strategy]:
-    """The class registered as ``name`` or imported from the dotted path ``pkg.mod:Class``."""
-    cls = STRATEGIES.get(name)
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        raise TypeError(f"strategy {name!r} resolves to {cls!r}, which is not a Strategy subclass")
-    return cls
+    """The class registered as ``name`` or imported from the dotted path ``pkg.mod:Class`` (a
+    Strategy subclass, else an :class:`~alfm.registry.UnknownNameError`)."""
+    return STRATEGIES.get(name)
 
 
 def create_strategy(name: str, **params: Any) -> Strategy:
