@@ -130,14 +130,14 @@ def dimension_values(config: Mapping[str, Any], key: str) -> list[tuple[str, Any
     )
     parts = []
     for item in items:
-        words = [
-            _word(item.get(k, "default")) if k == "" else f"{k}-{_word(item.get(k, 'default'))}"
-            for k in varying
-        ]
+        words = [(f"{k}-" if k else "") + _word(item.get(k, "default")) for k in varying]
         parts.append(path_name("-".join(words)))
     for i, part in enumerate(parts):
         if len(values) > 1 and parts.index(part) != i:
-            raise ConfigError(f"config key {key!r}: values {parts.index(part)} and {i} are equal")
+            raise ConfigError(
+                f"config key {key!r}: values {parts.index(part)} and {i} are equal (label part "
+                f"{part!r}); give each value of a list a different setting"
+            )
     return list(zip(parts, values, strict=True))
 
 

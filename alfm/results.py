@@ -103,8 +103,9 @@ def _read_run(path: Path) -> pd.DataFrame:
 
 
 def _section_defaults(section: str, strategy: str) -> dict[str, object]:
-    """Defaults of a run-config section: a strategy's hyperparameters (its ``__init__``), the
-    probe's (:class:`alfm.probe.ProbeConfig`) or label propagation's (``alfm.propagation``)."""
+    """Defaults of a run-config section: a strategy's hyperparameters (its ``__init__``; none
+    for a dotted strategy that does not import here, so each of its params counts as a setting),
+    the probe's (:class:`alfm.probe.ProbeConfig`) or label propagation's (``alfm.propagation``)."""
     import dataclasses
     import importlib
     import inspect
@@ -112,7 +113,10 @@ def _section_defaults(section: str, strategy: str) -> dict[str, object]:
     if section == "strategy_params":
         from alfm.strategies import get_strategy_class
 
-        params = inspect.signature(get_strategy_class(strategy).__init__).parameters
+        try:
+            params = inspect.signature(get_strategy_class(strategy).__init__).parameters
+        except (ValueError, TypeError, ImportError):  # a custom strategy not importable here
+            return {}
         return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
     module, name = {
         "probe": ("alfm.probe", "ProbeConfig"),
