@@ -24,6 +24,9 @@ parse and ``alfm aggregate`` do not pay for them.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import itertools
 import json
 import os
@@ -81,6 +84,30 @@ def unique_path_names(key: str, names: Sequence[str]) -> dict[str, str]:
 #: dimension). ``init`` sets the run's ``init``/``init_params`` (an entry's own ``init`` wins); the
 #: others are run-config keys of the same name.
 GRID_DIMENSIONS = ("init", "probe", "ssl")
+
+
+#: Run-config sections holding overrides of a config dataclass: section -> (module, class).
+SECTION_CLASSES = {"probe": ("alfm.probe", "ProbeConfig"), "ssl": ("alfm.propagation", "SslConfig")}
+
+
+@functools.cache
+def section_defaults(section: str) -> dict[str, Any]:
+    """Field defaults of the dataclass behind run-config section ``section`` (imported here, so
+    the workflow's parse pays for torch only when a grid dimension is used)."""
+    module, name = SECTION_CLASSES[section]
+    cls = getattr(importlib.import_module(module), name)
+    return {
+        f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(cls)
+    }
+
+
+def overrides(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without the keys at their dataclass default: the schema fills every default
+    in, and the probe and ssl sections reject settings given where they act on nothing (e.g.
+    ``scale`` with the linear classifier, ``alpha`` with ``ssl.enable: false``)."""
+    defaults = section_defaults(section)
+    return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
 
 
 @dataclass(frozen=True)
@@ -342,7 +369,7 @@ class Grid:
             "init_params": dict(entry.init_params),
             "seed": int(seed),
             "budget": {**self.config["budget"], "evaluations": int(upto)},
-            **{key: dict(value) for key, value in entry.run.items()},
+            **{key: overrides(key, value) for key, value in entry.run.items()},
             "device": self.config["device"],
             "tf32": self.config["tf32"],
             "label": arm,

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from scipy import stats
 from tqdm.auto import tqdm
 
+from alfm.pipeline import SECTION_CLASSES, section_defaults
 from alfm.records import METRIC_COLUMNS, RECORD_COLUMNS
 
 ID_COLUMNS = ("model", "dataset", "arm", "strategy", "init", "params")
@@ -53,8 +54,6 @@ TABLE_NAMES = (
     "summary.md",
     "study.md",
 )
-#: Run-config sections whose non-default values make a run's ``setting`` (see :func:`arm_setting`).
-SETTING_SECTIONS = ("probe", "ssl")
 
 
 def _run_metadata(table: pa.Table) -> dict:
@@ -105,28 +104,18 @@ def _read_run(path: Path) -> pd.DataFrame:
 def _section_defaults(section: str, strategy: str) -> dict[str, object]:
     """Defaults of a run-config section: a strategy's hyperparameters (its ``__init__``; none
     for a dotted strategy that does not import here, so each of its params counts as a setting),
-    the probe's (:class:`alfm.probe.ProbeConfig`) or label propagation's (``alfm.propagation``)."""
-    import dataclasses
-    import importlib
+    or those of the probe or ssl dataclass (:func:`alfm.pipeline.section_defaults`)."""
+    if section != "strategy_params":
+        return section_defaults(section)
     import inspect
 
-    if section == "strategy_params":
-        from alfm.strategies import get_strategy_class
+    from alfm.strategies import get_strategy_class
 
-        try:
-            params = inspect.signature(get_strategy_class(strategy).__init__).parameters
-        except (ValueError, TypeError, ImportError):  # a custom strategy not importable here
-            return {}
-        return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    module, name = {
-        "probe": ("alfm.probe", "ProbeConfig"),
-        "ssl": ("alfm.propagation", "SslConfig"),
-    }[section]
-    cls = getattr(importlib.import_module(module), name)
-    return {
-        f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-        for f in dataclasses.fields(cls)
-    }
+    try:
+        params = inspect.signature(get_strategy_class(strategy).__init__).parameters
+    except (ValueError, TypeError, ImportError):  # a custom strategy not importable here
+        return {}
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
 
 
 def arm_setting(config: dict) -> str:
@@ -138,7 +127,7 @@ def arm_setting(config: dict) -> str:
     if config.get("init", "random") != "random" or config.get("init_params"):
         init_params = _strategy_params({"strategy_params": config.get("init_params")})
         parts.append(f"init={config.get('init')}{init_params}")
-    sections = [("strategy_params", ""), *((s, f"{s}.") for s in SETTING_SECTIONS)]
+    sections = [("strategy_params", ""), *((s, f"{s}.") for s in SECTION_CLASSES)]
     for section, prefix in sections:
         values = config.get(section) or {}
         if not values:

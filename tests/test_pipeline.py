@@ -99,9 +99,14 @@ def test_init_probe_and_ssl_lists_are_grid_dimensions_with_distinct_labels():
     assert len(grid.arms) == 2 * 2 * 2 * 2 + 1 * 2 * 2
     arm = grid.arms["dq3+init-centroid+probe-lr-0.1+ssl-enable-true"]
     assert (arm.strategy, arm.params, arm.init) == ("dropquery", {"num_passes": 3}, "centroid")
-    run = grid.run_config("mobilenet_v2", "digits", arm.label, 1, 7)
-    assert run["probe"] == probes[1] and run["ssl"] == ssl[1] and run["init"] == "centroid"
-    assert run["label"] == arm.label
+    # Run configs hold overrides only (values at the dataclass default are dropped).
+    probe_only = Grid.from_config(config(init=inits, probe=probes))
+    run = probe_only.run_config("mobilenet_v2", "digits", "dq3+init-centroid+probe-lr-0.1", 1, 7)
+    assert run["probe"] == {"max_epochs": 30, "lr": 0.1} and run["init"] == "centroid"
+    assert run["label"] == "dq3+init-centroid+probe-lr-0.1"
+    assert probe_only.run_config(
+        "mobilenet_v2", "digits", "random+init-random+probe-lr-0.01", 1, 7
+    )["probe"] == {"max_epochs": 30}  # lr 0.01 is ProbeConfig's default: the schema filled it in
     assert "dropquery+probe-lr-0.01+ssl-enable-false" in grid.arms
     assert {a.init for a in grid.arms.values() if a.strategy == "random"} == {"random", "centroid"}
     paths = {p.split("/")[4] for p in grid.final_run_paths()}
