@@ -24,6 +24,10 @@ parse and ``alfm aggregate`` do not pay for them.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
+import itertools
 import json
 import os
 import re
@@ -76,12 +80,44 @@ def unique_path_names(key: str, names: Sequence[str]) -> dict[str, str]:
     return mapping
 
 
+#: Grid-level keys that may be a list: every strategy entry runs with every value (a grid
+#: dimension). ``init`` sets the run's ``init``/``init_params`` (an entry's own ``init`` wins); the
+#: others are run-config keys of the same name.
+GRID_DIMENSIONS = ("init", "probe", "ssl")
+
+
+#: Run-config sections holding overrides of a config dataclass: section -> (module, class).
+SECTION_CLASSES = {"probe": ("alfm.probe", "ProbeConfig"), "ssl": ("alfm.propagation", "SslConfig")}
+
+
+@functools.cache
+def section_defaults(section: str) -> dict[str, Any]:
+    """Field defaults of the dataclass behind run-config section ``section`` (imported here, so
+    the workflow's parse pays for torch only when a grid dimension is used)."""
+    module, name = SECTION_CLASSES[section]
+    cls = getattr(importlib.import_module(module), name)
+    return {
+        f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        for f in dataclasses.fields(cls)
+    }
+
+
+def overrides(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` without the keys at their dataclass default: the schema fills every default
+    in, and the probe and ssl sections reject settings given where they act on nothing (e.g.
+    ``scale`` with the linear classifier, ``alpha`` with ``ssl.enable: false``)."""
+    defaults = section_defaults(section)
+    return {k: v for k, v in values.items() if k not in defaults or defaults[k] != v}
+
+
 @dataclass(frozen=True)
 class Arm:
-    """One compared arm of the grid: a strategy entry of the config with its initial pool.
+    """One compared arm of the grid: a strategy entry of the config with one value of each grid
+    dimension (:data:`GRID_DIMENSIONS`).
 
-    ``label`` names it in paths and tables; ``init``/``init_params`` are the entry's own initial
-    pool or the config's shared one.
+    ``label`` names it in paths and tables: the entry's label, plus ``+{dimension}-{value}`` for
+    every dimension with several values; ``init``/``init_params`` are the entry's own initial pool
+    or the grid's; ``run`` holds the other dimensions' run-config values (``probe``, ``ssl``).
     """
 
     label: str
@@ -89,6 +125,7 @@ class Arm:
     params: Mapping[str, Any] = field(default_factory=dict)
     init: str = "random"
     init_params: Mapping[str, Any] = field(default_factory=dict)
+    run: Mapping[str, Any] = field(default_factory=dict)
 
 
 def strategy_entries(config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -96,30 +133,84 @@ def strategy_entries(config: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [{"name": e} if isinstance(e, str) else dict(e) for e in config["strategies"]]
 
 
+def dimension_values(config: Mapping[str, Any], key: str) -> list[tuple[str, Any]]:
+    """(label part, value) of each value of grid dimension ``key`` (one value when it is not a
+    list; none when the config lacks it). A part names the init strategy (plus its params when
+    two inits share a name), or for a mapping the ``key-value`` pairs where the values differ;
+    two equal values are an error."""
+    if key not in config:
+        return []
+    raw = config[key]
+    values = list(raw) if isinstance(raw, list) else [raw]
+    if key == "init":
+        names = [v["name"] for v in values]
+        items = [
+            {"": v["name"], **(v.get("params") or {})}
+            if names.count(v["name"]) > 1
+            else {"": v["name"]}
+            for v in values
+        ]
+    else:
+        items = [dict(v) for v in values]
+    varying = sorted(
+        {k for item in items for k in item if any(k not in o or o[k] != item[k] for o in items)}
+    )
+    parts = []
+    for item in items:
+        words = [(f"{k}-" if k else "") + _word(item.get(k, "default")) for k in varying]
+        parts.append(path_name("-".join(words)))
+    for i, part in enumerate(parts):
+        if len(values) > 1 and parts.index(part) != i:
+            raise ConfigError(
+                f"config key {key!r}: values {parts.index(part)} and {i} are equal (label part "
+                f"{part!r}); give each value of a list a different setting"
+            )
+    return list(zip(parts, values, strict=True))
+
+
+def _word(value: Any) -> str:
+    """A value in a label: strings as they are, anything else as JSON (``true``, ``0.5``)."""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
 def expand_arms(config: Mapping[str, Any]) -> dict[str, Arm]:
-    """Label → :class:`Arm` for every strategy entry; a label used twice is an error."""
+    """Label → :class:`Arm` for every strategy entry × every value of each grid dimension; a
+    label used twice is an error."""
+    dims = {key: dimension_values(config, key) for key in GRID_DIMENSIONS}
     arms: dict[str, Arm] = {}
     for i, entry in enumerate(strategy_entries(config)):
-        init = entry.get("init") or config["init"]
-        arm = Arm(
-            label=entry.get("label") or path_name(entry["name"]),
-            strategy=entry["name"],
-            params=entry.get("params", {}),
-            init=init["name"],
-            init_params=init.get("params", {}),
-        )
-        if arm.label in arms:
-            raise ConfigError(
-                f"config key 'strategies[{i}]': label {arm.label!r} is used twice; give the "
-                "entries distinct 'label's"
+        own = {"init": [("", entry["init"])]} if "init" in entry else {}
+        axes = [(key, own.get(key, values)) for key, values in dims.items() if values]
+        base = entry.get("label") or path_name(entry["name"])
+        for combo in itertools.product(*(values for _, values in axes)):
+            chosen = {key: value for (key, _), (_, value) in zip(axes, combo, strict=True)}
+            suffix = "".join(
+                f"+{key}-{part}"
+                for (key, values), (part, _) in zip(axes, combo, strict=True)
+                if len(values) > 1
             )
-        arms[arm.label] = arm
+            init = chosen.get("init", {"name": "random"})
+            arm = Arm(
+                label=base + suffix,
+                strategy=entry["name"],
+                params=entry.get("params", {}),
+                init=init["name"],
+                init_params=init.get("params", {}),
+                run={key: dict(value) for key, value in chosen.items() if key != "init"},
+            )
+            if arm.label in arms:
+                raise ConfigError(
+                    f"config key 'strategies[{i}]': label {arm.label!r} is used twice; give the "
+                    "entries distinct 'label's"
+                )
+            arms[arm.label] = arm
     return arms
 
 
 def check_names(config: Mapping[str, Any]) -> None:
     """Every model, dataset and strategy name of the config resolves in alfm's registries
-    (:meth:`alfm.registry.Registry.check`); else a :class:`ConfigError` naming the key."""
+    (:meth:`alfm.registry.Registry.check`) and every strategy's params build it (unknown, mistyped
+    or inert hyperparameters fail at parse time); else a :class:`ConfigError` naming the key."""
     # The registries live in modules that import torch: loaded here, not when this one is.
     import alfm.backbones  # noqa: F401
     import alfm.datasets  # noqa: F401
@@ -128,8 +219,16 @@ def check_names(config: Mapping[str, Any]) -> None:
 
     checks = [(f"models[{i}]", "backbone", n) for i, n in enumerate(config["models"])]
     checks += [(f"datasets[{i}]", "dataset", n) for i, n in enumerate(config["datasets"])]
-    checks.append(("init.name", "strategy", config["init"]["name"]))
-    for i, entry in enumerate(strategy_entries(config)):
+    inits = config["init"] if isinstance(config["init"], list) else [config["init"]]
+    init_keys = [
+        f"init[{j}]" if isinstance(config["init"], list) else "init" for j in range(len(inits))
+    ]
+    checks += [
+        (f"{key}.name", "strategy", init["name"])
+        for key, init in zip(init_keys, inits, strict=True)
+    ]
+    entries = strategy_entries(config)
+    for i, entry in enumerate(entries):
         checks.append((f"strategies[{i}].name", "strategy", entry["name"]))
         if "init" in entry:
             checks.append((f"strategies[{i}].init.name", "strategy", entry["init"]["name"]))
@@ -138,6 +237,23 @@ def check_names(config: Mapping[str, Any]) -> None:
             registry(kind).check(name)
         except UnknownNameError as err:
             raise ConfigError(f"config key {key!r}: {err}") from None
+    from alfm.strategies import create_strategy
+
+    made = [(f"strategies[{i}]", e["name"], e.get("params", {})) for i, e in enumerate(entries)]
+    made += [
+        (key, init["name"], init.get("params", {}))
+        for key, init in zip(init_keys, inits, strict=True)
+    ]
+    made += [
+        (f"strategies[{i}].init", e["init"]["name"], e["init"].get("params", {}))
+        for i, e in enumerate(entries)
+        if "init" in e
+    ]
+    for key, name, params in made:
+        try:
+            create_strategy(name, **params)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"config key '{key}.params': {err}") from None
 
 
 @dataclass(frozen=True)
@@ -253,7 +369,7 @@ class Grid:
             "init_params": dict(entry.init_params),
             "seed": int(seed),
             "budget": {**self.config["budget"], "evaluations": int(upto)},
-            "probe": dict(self.config["probe"]),
+            **{key: overrides(key, value) for key, value in entry.run.items()},
             "device": self.config["device"],
             "tf32": self.config["tf32"],
             "label": arm,

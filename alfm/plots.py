@@ -1,4 +1,5 @@
-"""Paper figures from the tidy run table: learning curves, AUC heatmap, query time, DropQuery.
+"""Paper figures from the tidy run table: learning curves, AUC heatmap, query time, DropQuery,
+and the study figure (each strategy with vs without the studied option).
 
 Colors are fixed per strategy name (Okabe-Ito, extended with tab10 tones) in :data:`STRATEGY_COLORS`
 so a strategy looks the same in every figure; unknown names get a stable color from the extension
@@ -19,10 +20,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from alfm.results import compute_tables, paired_tests  # noqa: E402
 
-FIGURE_NAMES = ("learning_curves", "auc_heatmap", "query_time", "dropquery_summary")
+FIGURE_NAMES = ("learning_curves", "auc_heatmap", "query_time", "dropquery_summary", "study")
 COLUMN_WIDTH = 3.5  # inches: one column of a two-column paper
 PAGE_WIDTH = 7.0
 LEGEND_ROW = 0.13  # inches per legend row at the legend font size
@@ -54,6 +56,8 @@ STRATEGY_MARKERS = {
     "typiclust": "P",
     "probcover": "*",
 }
+#: Colors of a study's settings (Okabe-Ito without black, which marks the reference).
+SETTING_COLORS = ("#D55E00", "#0072B2", "#009E73", "#E69F00", "#CC79A7", "#56B4E9", "#F0E442")
 EXTRA_COLORS = ("#F0E442", "#1F77B4", "#2CA02C", "#D62728", "#FF7F0E", "#E377C2", "#AEC7E8")
 INCOMPLETE_NOTE = "* incomplete: fewer seeds or truncated runs (see completeness.csv)"
 STYLE = {
@@ -291,6 +295,125 @@ def plot_dropquery_summary(tests_vs_dropquery: pd.DataFrame) -> Figure:
     return fig
 
 
+def plot_study(study: pd.DataFrame) -> Figure:
+    """The study figure (:func:`alfm.results.study_comparisons`): one panel per (model, dataset),
+    one row per strategy; the reference arm's mean AUC (black ring) and each setting's (colored
+    dot, filled where the paired test gives p < 0.05), with 95% t-intervals over seeds, and the
+    paired difference with its p-value written beside each setting."""
+    pairs = _pairs(study) if len(study) else []
+    settings = sorted(study["setting"].unique()) if len(study) else []
+    color = {s: SETTING_COLORS[i % len(SETTING_COLORS)] for i, s in enumerate(settings)}
+    strategies = _arm_order(study.assign(arm=study["strategy"])) if len(study) else []
+    lines = max(1, len(strategies) * (1 + len(settings)))
+    cols = 1 if len(pairs) <= 1 else 2
+    rows = max(1, int(np.ceil(len(pairs) / cols)))
+    width = COLUMN_WIDTH if cols == 1 else PAGE_WIDTH
+    legend_rows = int(np.ceil((1 + len(settings)) / _legend_columns(width)))
+    height = rows * (0.55 + 0.085 * lines) + 0.35 + LEGEND_ROW * legend_rows
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+        if not pairs:
+            axes[0, 0].text(
+                0.5,
+                0.5,
+                "no study: no strategy runs both at its defaults and with a setting",
+                ha="center",
+                va="center",
+            )
+            axes[0, 0].set_axis_off()
+        step = 1.0 / (1 + len(settings))
+        for ax, (model, dataset) in zip(axes.flat, pairs, strict=False):
+            here = study[(study["model"] == model) & (study["dataset"] == dataset)]
+            for i, strategy in enumerate(strategies):
+                mine = here[here["strategy"] == strategy]
+                if mine.empty:
+                    continue
+                ref = mine.iloc[0]
+                _interval(
+                    ax,
+                    i,
+                    ref.reference_mean,
+                    ref.reference_ci_low,
+                    ref.reference_ci_high,
+                    "black",
+                    False,
+                    "reference (defaults)",
+                )
+                for row in mine.itertuples():
+                    y = i + step * (1 + settings.index(row.setting))
+                    significant = bool(row.p_value < 0.05)
+                    _interval(
+                        ax,
+                        y,
+                        row.arm_mean,
+                        row.arm_ci_low,
+                        row.arm_ci_high,
+                        color[row.setting],
+                        significant,
+                        row.setting,
+                    )
+                    p = "" if np.isnan(row.p_value) else f" p={row.p_value:.2g}"
+                    ax.annotate(
+                        f"{row.mean_diff:+.3f}{p}",
+                        (1.0, y),
+                        xycoords=("axes fraction", "data"),
+                        xytext=(2, 0),
+                        textcoords="offset points",
+                        va="center",
+                        fontsize=4.5,
+                        color=color[row.setting],
+                        annotation_clip=False,
+                    )
+            ax.set_yticks(np.arange(len(strategies)) + 0.5 * step * len(settings), strategies)
+            ax.set_ylim(len(strategies) - 1 + step * len(settings) + 0.5, -0.5)
+            for i in range(1, len(strategies)):
+                ax.axhline(i - 0.5 * step, color="#DDDDDD", linewidth=0.5)
+            ax.set_xlabel("normalized AUC (mean, 95% CI over seeds)")
+            ax.set_title(f"{model} / {dataset}")
+            ax.grid(axis="x", alpha=0.3)
+        for ax in axes.flat[max(1, len(pairs)) :]:
+            ax.set_visible(False)
+        top = 1.0
+        if pairs:  # proxies: the panels mix filled and open markers of one setting
+            entries = {"reference (defaults)": ("black", "white")}
+            entries.update({setting: (color[setting], color[setting]) for setting in settings})
+            handles = [
+                Line2D([], [], marker="o", linestyle="none", color=c, markerfacecolor=face)
+                for c, face in entries.values()
+            ]
+            ncol = min(_legend_columns(width), len(handles))
+            fig.legend(handles, list(entries), loc="upper center", ncol=ncol, frameon=False)
+            top = 1 - (LEGEND_ROW * int(np.ceil(len(handles) / ncol)) + 0.05) / height
+        incomplete = bool(len(study)) and not study["complete"].all()
+        note = (
+            "filled: p < 0.05 vs the strategy's defaults (paired by seed); right: AUC "
+            "difference and p-value"
+        )
+        _finish(fig, incomplete, note, top)
+        if pairs:  # room on the right of each panel for the differences
+            fig.subplots_adjust(right=min(fig.subplotpars.right, 1 - 0.55 / width), wspace=0.6)
+    return fig
+
+
+def _interval(
+    ax, y: float, mean: float, low: float, high: float, color: str, filled: bool, label: str
+) -> None:
+    """One mean with its interval as a horizontal error bar (no bar for a NaN interval)."""
+    err = None if np.isnan(low) else [[mean - low], [high - mean]]
+    ax.errorbar(
+        mean,
+        y,
+        xerr=err,
+        fmt="o",
+        color=color,
+        markersize=3,
+        markerfacecolor=color if filled else "white",
+        elinewidth=0.8,
+        capsize=1.2,
+        label=label,
+    )
+
+
 def _shared_legend(fig: Figure, axes: Sequence) -> float:
     """One legend above all panels (labels deduplicated); returns the top of the panel area."""
     entries: dict[str, object] = {}
@@ -328,6 +451,7 @@ def make_figures(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, Figu
         "auc_heatmap": plot_auc_heatmap(tables["auc"], tables["ranks"]),
         "query_time": plot_query_time(costs),
         "dropquery_summary": plot_dropquery_summary(vs_dropquery),
+        "study": plot_study(tables["study"]),
     }
 
 

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from scipy import stats
 from tqdm.auto import tqdm
 
+from alfm.pipeline import SECTION_CLASSES, section_defaults
 from alfm.records import METRIC_COLUMNS, RECORD_COLUMNS
 
 ID_COLUMNS = ("model", "dataset", "arm", "strategy", "init", "params")
@@ -49,7 +50,9 @@ TABLE_NAMES = (
     "savings.csv",
     "costs.csv",
     "completeness.csv",
+    "study.csv",
     "summary.md",
+    "study.md",
 )
 
 
@@ -90,11 +93,52 @@ def _read_run(path: Path) -> pd.DataFrame:
             "expected_rounds": pa.array([_expected_evaluations(config)] * n, pa.float64()),
             "label": pa.array([label] * n, pa.string()),
             "params": pa.array([_strategy_params(config)] * n, pa.string()),
+            "setting": pa.array([arm_setting(config)] * n, pa.string()),
             "source": pa.array([str(path)] * n, pa.string()),
         }
         for name, column in columns.items():
             table = table.append_column(name, column)
     return table.to_pandas()
+
+
+def _section_defaults(section: str, strategy: str) -> dict[str, object]:
+    """Defaults of a run-config section: a strategy's hyperparameters (its ``__init__``; none
+    for a dotted strategy that does not import here, so each of its params counts as a setting),
+    or those of the probe or ssl dataclass (:func:`alfm.pipeline.section_defaults`)."""
+    if section != "strategy_params":
+        return section_defaults(section)
+    import inspect
+
+    from alfm.strategies import get_strategy_class
+
+    try:
+        params = inspect.signature(get_strategy_class(strategy).__init__).parameters
+    except (ValueError, TypeError, ImportError):  # a custom strategy not importable here
+        return {}
+    return {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+
+
+def arm_setting(config: dict) -> str:
+    """What a run changes from alfm's defaults, besides its strategy: ``init=centroid``,
+    ``cluster_features=true``, ``probe.classifier=residual_adapter``, ``ssl.enable=true``, joined
+    by ``, `` ("" for a run at every default). Studies compare each arm with the default arm of
+    its strategy (:func:`study_comparisons`)."""
+    parts = []
+    if config.get("init", "random") != "random" or config.get("init_params"):
+        init_params = _strategy_params({"strategy_params": config.get("init_params")})
+        parts.append(f"init={config.get('init')}{init_params}")
+    sections = [("strategy_params", ""), *((s, f"{s}.") for s in SECTION_CLASSES)]
+    for section, prefix in sections:
+        values = config.get(section) or {}
+        if not values:
+            continue
+        defaults = _section_defaults(section, str(config.get("strategy")))
+        parts += [
+            f"{prefix}{k}={json.dumps(v) if not isinstance(v, str) else v}"
+            for k, v in sorted(values.items())
+            if k not in defaults or defaults[k] != v
+        ]
+    return ", ".join(parts)
 
 
 def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -108,6 +152,8 @@ def load_runs(paths: Iterable[str | Path]) -> pd.DataFrame:
         raise ValueError("no run result files given")
     frames = [_read_run(p) for p in tqdm(paths, desc="loading runs", unit="run", leave=False)]
     runs = pd.concat(frames, ignore_index=True)
+    if "setting" not in runs.columns:  # a combined table written before settings were recorded
+        runs["setting"] = ""
     if "arm" not in runs.columns or runs["arm"].isna().any():
         runs["arm"] = _arms(runs)
     key = ["model", "dataset", "arm", "seed", "round"]
@@ -395,6 +441,139 @@ def _paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float, float]:
     return "paired_t", float(result.statistic), float(result.pvalue)
 
 
+_STUDY_COLUMNS = [
+    "model",
+    "dataset",
+    "strategy",
+    "reference",
+    "arm",
+    "setting",
+    "metric",
+    "n_pairs",
+    "reference_mean",
+    "reference_ci_low",
+    "reference_ci_high",
+    "arm_mean",
+    "arm_ci_low",
+    "arm_ci_high",
+    "mean_diff",
+    "diff_ci_low",
+    "diff_ci_high",
+    "wins",
+    "test",
+    "statistic",
+    "p_value",
+    "complete",
+]
+
+
+def study_comparisons(
+    runs: pd.DataFrame, auc_runs: pd.DataFrame, column: str = "auc_full"
+) -> pd.DataFrame:
+    """A study's comparison: per (model, dataset, strategy), each arm that changes something
+    (its ``setting``, :func:`arm_setting`: another init, a strategy option, probe or ssl value)
+    against the strategy's arm at every default (the ``reference``), paired by seed over the
+    complete runs both have; same tests as :func:`paired_tests`, ``q_value`` adjusted over the
+    comparisons of the (model, dataset). A strategy without exactly one default arm is left out.
+    """
+    keys = ["model", "dataset", "arm"]
+    arms = runs.groupby(keys, sort=True).agg(
+        strategy=("strategy", "first"), setting=("setting", "first")
+    )
+    arms = arms.reset_index()
+    complete = runs.groupby(keys)["run_complete"].all()
+    done = auc_runs[auc_runs["run_complete"]]
+    values = {key: run.set_index("seed")[column] for key, run in done.groupby(keys, sort=False)}
+    empty = pd.Series(dtype=float)
+    rows = []
+    for (model, dataset, strategy), group in arms.groupby(["model", "dataset", "strategy"]):
+        reference = group[group["setting"] == ""]
+        if len(reference) != 1:
+            if len(group) > 1:
+                warnings.warn(
+                    f"{model}/{dataset}/{strategy}: {len(reference)} arms at every default "
+                    f"({', '.join(reference['arm']) or 'none'}); it is left out of the study",
+                    stacklevel=2,
+                )
+            continue
+        ref = str(reference["arm"].iloc[0])
+        b = values.get((model, dataset, ref), empty)
+        for row in group[group["setting"] != ""].itertuples():
+            a = values.get((model, dataset, row.arm), empty)
+            seeds = a.index.intersection(b.index).sort_values()
+            test, stat, p = _paired_test(a[seeds].to_numpy(), b[seeds].to_numpy())
+            ref_stats, arm_stats = mean_ci(b[seeds]), mean_ci(a[seeds])
+            diff = mean_ci((a[seeds] - b[seeds]).to_numpy())
+            rows.append(
+                [model, dataset, strategy, ref, row.arm, row.setting, column, len(seeds)]
+                + [*ref_stats, *arm_stats, *diff]
+                + [int((a[seeds] > b[seeds]).sum()), test, stat, p]
+                + [bool(complete[(model, dataset, ref)] and complete[(model, dataset, row.arm)])]
+            )
+    out = pd.DataFrame(rows, columns=_STUDY_COLUMNS)
+    out["q_value"] = out.groupby(["model", "dataset"])["p_value"].transform(_bh)
+    return out
+
+
+def study_markdown(study: pd.DataFrame, metric: str = "accuracy") -> str:
+    """The study table as markdown: per (model, dataset), each strategy's AUC without and with
+    each setting (95% CI), the paired difference and its p-value, and a one-line verdict."""
+    parts = [
+        "# Study: each strategy with vs without the studied option",
+        "",
+        f"Metric: {metric}, AUC of the learning curve (normalized, see summary.md). reference: "
+        "the strategy's arm at every default; setting: what the arm changes. diff: arm − "
+        f"reference, paired by seed (Wilcoxon signed-rank with ≥ {WILCOXON_MIN_SEEDS} pairs, else "
+        "paired t-test); q: Benjamini-Hochberg over the (model, dataset)'s comparisons.",
+    ]
+    if study.empty:
+        parts += ["", "No comparison: no strategy runs both at its defaults and with a setting."]
+        return "\n".join(parts) + "\n"
+
+    def interval(m: float, lo: float, hi: float) -> str:
+        return f"{m:.3f}" if np.isnan(lo) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    for (model, dataset), part in study.groupby(["model", "dataset"], sort=True):
+        table = pd.DataFrame(
+            {
+                "strategy": part["strategy"],
+                "setting": part["setting"],
+                "seeds": part["n_pairs"],
+                "without": [
+                    interval(*r)
+                    for r in part[
+                        ["reference_mean", "reference_ci_low", "reference_ci_high"]
+                    ].to_numpy()
+                ],
+                "with": [
+                    interval(*r) for r in part[["arm_mean", "arm_ci_low", "arm_ci_high"]].to_numpy()
+                ],
+                "diff": [
+                    interval(*r)
+                    for r in part[["mean_diff", "diff_ci_low", "diff_ci_high"]].to_numpy()
+                ],
+                "wins": part["wins"],
+                "p": part["p_value"],
+                "q": part["q_value"],
+            }
+        )
+        parts += ["", f"## {model} / {dataset}", "", _markdown(table)]
+        tested = part[part["p_value"].notna()]
+        better = tested[(tested["p_value"] < 0.05) & (tested["mean_diff"] > 0)]
+        worse = tested[(tested["p_value"] < 0.05) & (tested["mean_diff"] < 0)]
+        helped = (part["mean_diff"] > 0).sum()
+        parts += [
+            "",
+            f"The setting raises the AUC in {helped} of {len(part)} comparisons (mean diff "
+            f"{part['mean_diff'].mean():+.4f}); significantly better (p < 0.05): "
+            + (", ".join(f"{r.strategy} {r.setting}" for r in better.itertuples()) or "none")
+            + "; significantly worse: "
+            + (", ".join(f"{r.strategy} {r.setting}" for r in worse.itertuples()) or "none")
+            + ".",
+        ]
+    return "\n".join(parts) + "\n"
+
+
 def label_savings(
     runs: pd.DataFrame, metric: str = "accuracy", baseline: str = BASELINE
 ) -> pd.DataFrame:
@@ -532,6 +711,7 @@ def compute_tables(runs: pd.DataFrame, metric: str = "accuracy") -> dict[str, pd
         "savings": label_savings(runs, metric),
         "costs": cost_summary(runs),
         "completeness": complete_table,
+        "study": study_comparisons(runs, auc_runs),
     }
 
 
@@ -624,7 +804,9 @@ def write_tables(runs: pd.DataFrame, out_dir: str | Path, metric: str = "accurac
         written.append(path)
     summary = out_dir / "summary.md"
     summary.write_text(summary_markdown(tables, metric))
-    return [*written, summary]
+    study = out_dir / "study.md"
+    study.write_text(study_markdown(tables["study"], metric))
+    return [*written, summary, study]
 
 
 def aggregate(

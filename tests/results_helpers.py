@@ -24,10 +24,12 @@ def write_run(
     step: int = 10,
     query_seconds: float = 0.01,
     params: dict | None = None,
+    label: str | None = None,
+    probe: dict | None = None,
 ) -> Path:
     """One run file like alfm.run writes: rounds 1..n, ``num_labeled = step·round``, query seconds
     on every round but the last, the run config (``budget.evaluations`` = ``evaluations`` or n) in
-    the ``alfm`` schema metadata."""
+    the ``alfm`` schema metadata (with ``label`` and ``probe`` overrides)."""
     n = len(accuracy)
     frame = pd.DataFrame(
         {
@@ -57,6 +59,8 @@ def write_run(
         "init": init,
         "seed": seed,
         "budget": {"evaluations": evaluations or n},
+        "label": label,
+        "probe": dict(probe or {}),
     }
     metadata = {"config": config, "rounds": n, "complete": n == (evaluations or n)}
     table = table.replace_schema_metadata(

@@ -89,12 +89,12 @@ def run_level_disagreements(cls: type, schema: dict[str, Any]) -> list[str]:
     """RunConfig's seed, device, tf32, init and init_params against the schema's run-level keys
     (``seeds`` lists seeds; ``init`` is ``{name, params}`` with its default name)."""
     props = schema["properties"]
-    init = resolve(props["init"], schema)
+    init = resolve(props["init"]["then"], schema)  # one init (a list holds the same objects)
     counterparts = {
         "seed": props["seeds"]["items"],
         "device": props["device"],
         "tf32": props["tf32"],
-        "init": {**init["properties"]["name"], "default": init["default"]["name"]},
+        "init": {**init["properties"]["name"], "default": props["init"]["default"]["name"]},
         "init_params": init["properties"]["params"],
     }
     found = []
@@ -108,8 +108,8 @@ def run_level_disagreements(cls: type, schema: dict[str, Any]) -> list[str]:
 #: (dataclass, path of its section's properties in the schema).
 SECTIONS = [
     (BudgetConfig, ("properties", "budget", "properties")),
-    (ProbeConfig, ("properties", "probe", "properties")),
-    (SslConfig, ("properties", "ssl", "properties")),
+    (ProbeConfig, ("$defs", "probe", "properties")),
+    (SslConfig, ("$defs", "ssl", "properties")),
 ]
 
 
@@ -142,9 +142,9 @@ def schema_with(path: tuple[str, ...], change: Any) -> dict[str, Any]:
     return schema
 
 
-PROBE = ("properties", "probe", "properties")
+PROBE = ("$defs", "probe", "properties")
 BUDGET = ("properties", "budget", "properties")
-SSL = ("properties", "ssl", "properties")
+SSL = ("$defs", "ssl", "properties")
 
 
 @pytest.mark.parametrize(

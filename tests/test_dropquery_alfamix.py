@@ -86,8 +86,12 @@ def test_dropquery_parameters():
         "num_passes": 5,
         "dropout": 0.5,
         "candidate_factor": 10,
-        "init": "centroid",
     }
+    with pytest.raises(
+        ValueError,
+        match="'init' is not a hyperparameter of strategy 'dropquery'.*run-level key 'init'",
+    ):
+        create_strategy("dropquery", init="centroid")
     with pytest.raises(ValueError, match="dropout"):
         create_strategy("dropquery", dropout=1.5)
 

@@ -78,15 +78,73 @@ def test_names_sharing_a_path_name_are_an_error():
 def test_grid_expands_models_datasets_arms_and_seeds():
     grid = Grid.from_config(config())
     assert list(grid.models) == ["mobilenet_v2", "timm_vit_small_patch14_dinov2.lvd142m"]
+    probe = {"probe": {"max_epochs": 30}}
     assert grid.arms == {
-        "random": pipeline.Arm("random", "random", {}, "random", {}),
-        "dq3": pipeline.Arm("dq3", "dropquery", {"num_passes": 3}, "random", {}),
-        "dropquery": pipeline.Arm("dropquery", "dropquery", {}, "centroid", {}),
+        "random": pipeline.Arm("random", "random", {}, "random", {}, probe),
+        "dq3": pipeline.Arm("dq3", "dropquery", {"num_passes": 3}, "random", {}, probe),
+        "dropquery": pipeline.Arm("dropquery", "dropquery", {}, "centroid", {}, probe),
     }
     assert len(list(grid.runs())) == 2 * 1 * 3 * 2
     assert grid.final_run_paths()[0] == "res/runs/mobilenet_v2/digits/random/seed1/upto7.parquet"
     assert grid.store_path("m", "d") == "res/features/m/d.zarr"
     assert Grid.from_config(config(features="/fast/")).store_path("m", "d") == "/fast/m/d.zarr"
+
+
+def test_init_probe_and_ssl_lists_are_grid_dimensions_with_distinct_labels():
+    inits = [{"name": "random", "params": {}}, {"name": "centroid", "params": {}}]
+    ssl = [{"enable": False, "alpha": 0.9}, {"enable": True, "alpha": 0.9}]
+    probes = [{"max_epochs": 30, "lr": 0.01}, {"max_epochs": 30, "lr": 0.1}]
+    grid = Grid.from_config(config(init=inits, ssl=ssl, probe=probes))
+    # dropquery with its own init does not multiply by the grid's inits.
+    assert len(grid.arms) == 2 * 2 * 2 * 2 + 1 * 2 * 2
+    arm = grid.arms["dq3+init-centroid+probe-lr-0.1+ssl-enable-true"]
+    assert (arm.strategy, arm.params, arm.init) == ("dropquery", {"num_passes": 3}, "centroid")
+    # Run configs hold overrides only (values at the dataclass default are dropped).
+    probe_only = Grid.from_config(config(init=inits, probe=probes))
+    run = probe_only.run_config("mobilenet_v2", "digits", "dq3+init-centroid+probe-lr-0.1", 1, 7)
+    assert run["probe"] == {"max_epochs": 30, "lr": 0.1} and run["init"] == "centroid"
+    assert run["label"] == "dq3+init-centroid+probe-lr-0.1"
+    assert probe_only.run_config(
+        "mobilenet_v2", "digits", "random+init-random+probe-lr-0.01", 1, 7
+    )["probe"] == {"max_epochs": 30}  # lr 0.01 is ProbeConfig's default: the schema filled it in
+    assert "dropquery+probe-lr-0.01+ssl-enable-false" in grid.arms
+    assert {a.init for a in grid.arms.values() if a.strategy == "random"} == {"random", "centroid"}
+    paths = {p.split("/")[4] for p in grid.final_run_paths()}
+    assert len(paths) == len(grid.arms)
+    # A single value (list of one or a mapping) adds no suffix; two inits of one name show params.
+    assert list(Grid.from_config(config(init=inits[:1], ssl=ssl[1])).arms) == [
+        "random",
+        "dq3",
+        "dropquery",
+    ]
+    same = [{"name": "centroid", "params": {}}, {"name": "centroid", "params": {"k": 2}}]
+    assert "random+init-k-2" in Grid.from_config(config(init=same)).arms
+    with pytest.raises(ConfigError, match="config key 'probe': values 0 and 1 are equal"):
+        Grid.from_config(config(probe=[probes[0], probes[0]]))
+
+
+def test_strategy_params_are_built_at_parse_time_naming_the_key():
+    cases = [
+        (
+            {"strategies": [{"name": "dropquery", "params": {"init": "centroid"}}]},
+            r"'strategies\[0\].params': 'init' is not a hyperparameter .* run-level key 'init'",
+        ),
+        (
+            {"strategies": [{"name": "margins", "params": {"oversample": 5}}]},
+            r"'strategies\[0\].params': oversample=5 only applies with cluster_features",
+        ),
+        (
+            {"strategies": [{"name": "entropy", "params": {"typical_feature": True}}]},
+            "Did you mean 'typical_features'",
+        ),
+        (
+            {"init": [{"name": "random"}, {"name": "typiclust", "params": {"knn": "x"}}]},
+            r"'init\[1\].params': strategy 'typiclust' hyperparameter 'knn' must be int",
+        ),
+    ]
+    for overrides, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            pipeline.check_names(config(**overrides))
 
 
 def test_a_label_used_twice_names_the_entry():
@@ -172,6 +230,7 @@ def test_check_names_accepts_the_grid_and_names_the_key_of_an_unknown_name():
         ({"models": ["timm:"]}, r"'models\[0\]': backbone 'timm:' names nothing"),
         ({"datasets": ["cifar1000"]}, r"'datasets\[0\]': unknown dataset 'cifar1000'"),
         ({"init": {"name": "centroids"}}, "'init.name': unknown strategy 'centroids'"),
+        ({"init": [{"name": "random"}, {"name": "x"}]}, r"'init\[1\].name': unknown strategy"),
         ({"strategies": ["nowhere.module:S"]}, r"'strategies\[0\].name': cannot import"),
         (
             {"strategies": [{"name": "random", "init": {"name": "nope"}}]},

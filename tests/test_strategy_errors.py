@@ -66,7 +66,7 @@ def test_labels_must_match_labeled():
         ("typiclust", {"knn": True}, r"'knn' must be int, got True \(bool\)"),
         ("probcover", {"delta": "0.5"}, r"'delta' must be float or None, got '0.5' \(str\)"),
         ("entropy", {"cluster_features": 1}, r"'cluster_features' must be bool, got 1 \(int\)"),
-        ("dropquery", {"init": None}, r"'init' must be str, got None"),
+        ("bald", {"typical_features": None}, r"'typical_features' must be bool, got None"),
     ],
 )
 def test_hyperparameter_of_another_type_is_named_at_creation(name, params, match):

@@ -9,7 +9,13 @@ from torch import Tensor
 
 from alfm.kernels import device_generator
 from alfm.probe import Probe
-from alfm.strategies.base import QueryContext, Strategy, register_strategy, top_unlabeled
+from alfm.strategies.base import (
+    QueryContext,
+    RankedSelection,
+    Strategy,
+    register_strategy,
+    top_unlabeled,
+)
 from alfm.strategies.uncertainty import EPS, entropy
 
 
@@ -43,12 +49,27 @@ class _MutualInformation(Strategy):
 
 
 @register_strategy("bald")
-class BALD(_MutualInformation):
-    """Top B of U by mutual information over ``num_passes`` dropout passes."""
+class BALD(RankedSelection, _MutualInformation):
+    """Top B of U by mutual information over ``num_passes`` dropout passes, or the reference's
+    ``cluster_features``/``oversample``/``typical_features`` selection of that ranking
+    (:class:`~alfm.strategies.base.RankedSelection`). No ``enable_dropout``: BALD's passes always
+    use dropout. PowerBALD has none of these options (nor has the reference's): its ranking is
+    already randomized.
+    """
+
+    def __init__(
+        self,
+        num_passes: int = 20,
+        cluster_features: bool = False,
+        typical_features: bool = False,
+        oversample: int | None = None,
+    ) -> None:
+        super().__init__(num_passes)
+        self._set_ranking_options(cluster_features, typical_features, oversample)
 
     def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
         scores = mutual_information(ctx.probe, ctx.features, self.num_passes, generator)
-        return top_unlabeled(scores, ctx, budget)
+        return self.select_ranked(scores, ctx, budget, generator)
 
 
 @register_strategy("powerbald")

@@ -155,6 +155,11 @@ def create_strategy(name: str, **params: Any) -> Strategy:
     valid = cls.param_names()
     hints = type_hints(cls.__init__)
     for key, value in params.items():
+        if key == "init" and key not in valid:
+            raise ValueError(
+                f"'init' is not a hyperparameter of strategy {name!r}: the initial pool is the "
+                "run-level key 'init' (or a strategy entry's own 'init' in experiments.yaml)"
+            )
         if key not in valid:
             hint = difflib.get_close_matches(key, valid, n=1)
             suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
@@ -278,3 +283,67 @@ def cluster_representatives(
     centroids, assignment = kmeans(x, k, generator)
     picks = nearest_to_centroids(x, centroids, assignment)
     return picks if candidates is None else candidates[picks.to(candidates.device)]
+
+
+class RankedSelection:
+    """The reference's query options for strategies that rank U by a score (uncertainty,
+    entropy, margins, BALD), with its meaning.
+
+    - ``cluster_features``: take the top ``oversample``·B of the ranking, cluster their
+      L2-normalized raw features into B k-means clusters, take the candidate nearest each centroid;
+    - ``typical_features``: take the block of the ranking centred on its median instead of its top
+      (B points, or ``oversample``·B that are then clustered with ``cluster_features``): the
+      paper's "representative vs uncertain" study;
+    - ``oversample`` (default 50) only with ``cluster_features`` (the reference ignores it
+      otherwise, so naming it without clustering is an error here).
+
+    Departures: clusters that collapse (duplicate points) are filled with the next candidates of
+    the block instead of returning fewer than B; ranking ties are broken by index (stable sort).
+    """
+
+    cluster_features: bool
+    typical_features: bool
+    oversample: int | None
+
+    #: The value ``oversample`` takes when ``cluster_features`` is on and it is not given.
+    DEFAULT_OVERSAMPLE: ClassVar[int] = 50
+
+    def _set_ranking_options(
+        self, cluster_features: bool, typical_features: bool, oversample: int | None
+    ) -> None:
+        if oversample is not None and not cluster_features:
+            raise ValueError(
+                f"oversample={oversample} only applies with cluster_features=true (without it "
+                "the reference takes exactly B points); drop it or set cluster_features"
+            )
+        if oversample is not None and oversample < 2:
+            raise ValueError(
+                f"oversample must be >= 2 (1 would cluster B points into B clusters), got "
+                f"{oversample}"
+            )
+        self.cluster_features = cluster_features
+        self.typical_features = typical_features
+        self.oversample = oversample
+
+    def block_size(self, budget: int, num_unlabeled: int) -> int:
+        """How many ranked points the selection considers: B, or oversample·B with clustering."""
+        factor = (self.oversample or self.DEFAULT_OVERSAMPLE) if self.cluster_features else 1
+        return min(factor * budget, num_unlabeled)
+
+    def select_ranked(
+        self, scores: Tensor, ctx: QueryContext, budget: int, generator: torch.Generator
+    ) -> Tensor:
+        """B unlabeled indices from ``scores`` (N,), higher first, under the options above."""
+        unlabeled = ctx.unlabeled
+        size = self.block_size(budget, unlabeled.numel())
+        if self.typical_features:  # the reference: start = |U| // 2 − size // 2
+            order = torch.sort(scores[unlabeled], descending=True, stable=True).indices
+            start = unlabeled.numel() // 2 - size // 2
+            block = unlabeled[order[start : start + size]]
+        else:
+            block = top_unlabeled(scores, ctx, size)
+        if size == budget:
+            return block
+        chosen = cluster_representatives(ctx.features, block, budget, generator)
+        rest = block[~torch.isin(block, chosen)]  # collapsed clusters: next candidates in order
+        return torch.cat([chosen, rest[: budget - chosen.numel()]])

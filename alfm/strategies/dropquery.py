@@ -23,8 +23,9 @@ class DropQuery(Strategy):
     give hard labels; (3) mismatch = passes whose label ≠ ŷ; (4) candidates: mismatch >
     ⌊M/2⌋, lowering the threshold by one while fewer than ``candidate_factor``·B qualify and it is
     > 0; (5) fewer than B candidates: all plus random fill from U; (6) else k-means (k = B) on the
-    candidates' L2-normalized z, the candidate nearest each centroid. ``init`` names the
-    initial-pool strategy a run should pair with it (DropQuery's own: centroid).
+    candidates' L2-normalized z, the candidate nearest each centroid. The paper pairs it with the
+    centroid initial pool: that is the run's ``init`` (or the strategy entry's own ``init``), not
+    a hyperparameter (an ``init`` one used to be accepted and ignored).
     """
 
     def __init__(
@@ -32,7 +33,6 @@ class DropQuery(Strategy):
         num_passes: int = 3,
         dropout: float | None = None,
         candidate_factor: int = 25,
-        init: str = "centroid",
     ) -> None:
         if num_passes < 1:
             raise ValueError(f"num_passes must be >= 1, got {num_passes}")
@@ -40,12 +40,9 @@ class DropQuery(Strategy):
             raise ValueError(f"dropout must be None or in [0, 1), got {dropout}")
         if candidate_factor < 1:
             raise ValueError(f"candidate_factor must be >= 1, got {candidate_factor}")
-        if not isinstance(init, str) or not init:
-            raise ValueError(f"init must be a strategy name, got {init!r}")
         self.num_passes = num_passes
         self.dropout = dropout
         self.candidate_factor = candidate_factor
-        self.init = init
 
     def mismatches(self, ctx: QueryContext, generator: torch.Generator) -> Tensor:
         """(N,) number of dropout passes whose predicted class differs from the clean one."""

@@ -1,10 +1,11 @@
-"""Uncertainty sampling from one clean pass of the probe: least confidence, entropy, margins.
+"""Uncertainty sampling from one pass of the probe: least confidence, entropy, margins.
 
 Each scores every pool point chunk by chunk (no (N, C) array is kept) and takes the top B of U.
-Options kept from the reference: ``cluster_features`` (take the top ``candidate_factor``·B, cluster
-them into B k-means clusters on L2-normalized raw features, take the candidate nearest each
-centroid) and ``typical_features`` (the same clusters, but take the most typical candidate of each
-cluster: highest 1 / mean distance to its ``min(20, n//2)`` nearest candidates).
+The reference's options, with its meaning: ``enable_dropout`` (scores from one dropout pass of the
+probe instead of the clean one) and :class:`~alfm.strategies.base.RankedSelection`'s
+``cluster_features``/``oversample``/``typical_features``. Before this version
+``typical_features`` meant "clustered, most typical point per cluster"; that is gone (the
+reference never did it).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import abc
 import torch
 from torch import Tensor
 
-from alfm.kernels import argmin_per_group, kmeans, knn, l2_normalize
-from alfm.strategies.base import QueryContext, Strategy, register_strategy, top_unlabeled
+from alfm.kernels import device_generator
+from alfm.strategies.base import QueryContext, RankedSelection, Strategy, register_strategy
 
 #: Probabilities are clamped to at least this before taking logs (no NaN for p = 0).
 EPS = 1e-12
@@ -45,22 +46,18 @@ def margin_score(logits: Tensor) -> Tensor:
     return top[:, 1] - top[:, 0]
 
 
-class ScoreStrategy(Strategy):
-    """Base of strategies that rank U by a per-point score of the probe's clean logits."""
+class ScoreStrategy(RankedSelection, Strategy):
+    """Base of strategies that rank U by a per-point score of the probe's logits."""
 
     def __init__(
         self,
+        enable_dropout: bool = False,
         cluster_features: bool = False,
         typical_features: bool = False,
-        candidate_factor: int = 50,
+        oversample: int | None = None,
     ) -> None:
-        if cluster_features and typical_features:
-            raise ValueError("choose at most one of cluster_features and typical_features")
-        if candidate_factor < 1:
-            raise ValueError(f"candidate_factor must be >= 1, got {candidate_factor}")
-        self.cluster_features = cluster_features
-        self.typical_features = typical_features
-        self.candidate_factor = candidate_factor
+        self.enable_dropout = enable_dropout
+        self._set_ranking_options(cluster_features, typical_features, oversample)
 
     @staticmethod
     @abc.abstractmethod
@@ -68,26 +65,13 @@ class ScoreStrategy(Strategy):
         """(n,) informativeness of each row of a logits chunk; higher is queried first."""
 
     def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
-        scores = ctx.probe.map_chunks(
-            ctx.features, lambda xc: self.score(ctx.probe.chunk_logits(xc))
+        probe = ctx.probe
+        gen = device_generator(generator, ctx.features.device) if self.enable_dropout else None
+        folded = probe.folded_linear()
+        scores = probe.map_chunks(
+            ctx.features, lambda xc: self.score(probe.chunk_logits(xc, gen, folded=folded))
         )
-        if not (self.cluster_features or self.typical_features):
-            return top_unlabeled(scores, ctx, budget)
-        num_unlabeled = ctx.num_samples - ctx.labeled.numel()
-        ranked = top_unlabeled(scores, ctx, min(self.candidate_factor * budget, num_unlabeled))
-        x = l2_normalize(ctx.features[ranked])
-        centroids, assignment = kmeans(x, budget, generator)
-        if self.typical_features and x.shape[0] >= 2:
-            dist, _ = knn(x, max(1, min(20, x.shape[0] // 2)))
-            value = dist.mean(dim=1)  # lowest mean distance = most typical
-        else:
-            value = (x - centroids[assignment]).square_().sum(dim=1)
-        chosen = argmin_per_group(value, assignment)
-        # Collapsed clusters (duplicate points): fill with the next best-scored candidates.
-        rest = torch.ones(ranked.numel(), dtype=torch.bool, device=ranked.device)
-        rest[chosen] = False
-        fill = rest.nonzero().squeeze(1)[: budget - chosen.numel()]
-        return ranked[torch.cat([chosen, fill])]
+        return self.select_ranked(scores, ctx, budget, generator)
 
 
 @register_strategy("uncertainty")

@@ -1,4 +1,5 @@
-# Aggregation: every run's final Parquet -> the tidy table, statistics tables and summary
+# Aggregation: every run's final Parquet -> the tidy table, statistics tables, summary and the
+# study table (each strategy with vs without what its arms change: tables/study.{csv,md})
 # (`aggregate`) -> figures (`plot_figures`, + the HTML report). Uses RESULTS and
 # run_result_paths() from common.smk. Both rules are cheap and run locally.
 # `snakemake figures --forcerun aggregate` regenerates every table and figure from the runs that
