@@ -290,6 +290,7 @@ def test_state_key_is_the_run_identity_and_changes_with_every_identity_field(sto
         "budget.init_per_class": {"budget": {**run["budget"], "init_per_class": 2}},
         "probe": {"probe": {"max_epochs": 31}},
         "tf32": {"tf32": True},
+        "ssl": {"ssl": {"enable": True}},
     }
     resumable = set(same) - {"budget.evaluations"}
     fields = {f.name for f in dataclasses.fields(RunConfig)} - resumable
