@@ -601,36 +601,91 @@ def _upper_blocks(n: int, block: int) -> list[tuple[slice, slice]]:
     ]
 
 
-def nearest_other_label_sq_distances(x: Tensor, labels: Tensor, block: int | None = None) -> Tensor:
+def nearest_other_label_sq_distances(
+    x: Tensor, labels: Tensor, block: int | None = None, rows: Tensor | None = None
+) -> Tensor:
     """Per row: squared distance to the nearest row with a different label (inf if none).
 
     One pass over the upper triangle of the distance matrix in square blocks: each block serves
-    its rows and, by symmetry, its columns, so the pass costs N²D/2 multiply-adds.
+    its rows and, by symmetry, its columns, so the pass costs N²D/2 multiply-adds. With ``rows``
+    (indices), only those rows' distances come back, from a pass over ``rows`` × all points
+    (|rows|·N·D multiply-adds).
     """
     _check_2d(x, "x")
     x = _f32(x)
     n = x.shape[0]
     labels = labels.to(x.device)
     x_sq = _sq_norms(x)
+    side = block or _square_block(x.device)
+    if rows is not None:
+        rows = rows.to(device=x.device, dtype=torch.int64)
+        out = torch.full((rows.numel(),), math.inf, dtype=torch.float32, device=x.device)
+        starts = range(0, rows.numel(), side)
+        with _progress(len(starts), rows.numel() * n * x.shape[1], "purity (sample)") as bar:
+            for start in starts:
+                r = rows[start : start + side]
+                for cols in range(0, n, side):
+                    c = slice(cols, min(n, cols + side))
+                    d = _block(x[r], x_sq[r], x[c], x_sq[c])
+                    d.masked_fill_(labels[r].unsqueeze(1) == labels[c].unsqueeze(0), math.inf)
+                    part = out[start : start + side]
+                    torch.minimum(part, d.amin(dim=1), out=part)
+                bar.update()
+        return out
     out = torch.full((n,), math.inf, dtype=torch.float32, device=x.device)
-    blocks = _upper_blocks(n, block or _square_block(x.device))
+    blocks = _upper_blocks(n, side)
     with _progress(len(blocks), n * n * x.shape[1] / 2, "purity") as bar:
-        for rows, cols in blocks:
-            d = _block(x[rows], x_sq[rows], x[cols], x_sq[cols])
-            d.masked_fill_(labels[rows].unsqueeze(1) == labels[cols].unsqueeze(0), math.inf)
-            torch.minimum(out[rows], d.amin(dim=1), out=out[rows])
-            if rows != cols:
-                torch.minimum(out[cols], d.amin(dim=0), out=out[cols])
+        for r, c in blocks:
+            d = _block(x[r], x_sq[r], x[c], x_sq[c])
+            d.masked_fill_(labels[r].unsqueeze(1) == labels[c].unsqueeze(0), math.inf)
+            torch.minimum(out[r], d.amin(dim=1), out=out[r])
+            if r != c:
+                torch.minimum(out[c], d.amin(dim=0), out=out[c])
             bar.update()
     return out
 
 
-def range_graph(x: Tensor, delta: float, block: int | None = None) -> tuple[Tensor, Tensor]:
+#: Screen :func:`range_graph` blocks with a bfloat16 product on CPUs where oneDNN has bfloat16
+#: (set False to decide every pair from the float32 product alone).
+USE_BF16_SCREEN = True
+
+#: Slack of the bfloat16 screen, in units of ``max‖a‖·max‖b‖`` of the block: bfloat16 inputs
+#: (2⁻⁹ relative each) and output (2⁻⁹) move a dot product by at most ~2⁻⁸ + 2⁻⁹ of that
+#: (plus float32 accumulation, ~D·2⁻²⁴); 2⁻⁶ leaves a factor 2.7.
+SCREEN_SLACK = 2.0**-6
+
+#: A screened block whose candidate pairs exceed this fraction of its entries is recomputed as
+#: one float32 product; fewer candidates are checked pair by pair.
+SCREEN_PAIR_FRACTION = 1 / 512
+
+# Candidate pairs checked at once (two gathered D-vectors each).
+_PAIR_CHUNK = 8192
+
+
+def _bf16_screen(device: torch.device) -> bool:
+    return (
+        USE_BF16_SCREEN
+        and device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    )
+
+
+def range_graph(
+    x: Tensor, delta: float, block: int | None = None, with_sq: bool = False
+) -> tuple[Tensor, ...]:
     """All pairs ``(i, j)`` with ``‖x_i − x_j‖ < delta``, self-loops always included.
 
     Returns ``(rows, cols)`` int64, sorted by row then column; the graph is exactly symmetric.
+    With ``with_sq`` also each pair's float32 squared distance (0 on self-loops), with which
+    :func:`filter_range_graph` shrinks the graph to a smaller δ without another pass.
+
     One pass over the upper triangle of the distance matrix in square blocks (N²D/2
-    multiply-adds); each pair is decided once and mirrored.
+    multiply-adds); each pair is decided once and mirrored. On CPUs with oneDNN bfloat16 the
+    blocks are first screened by a bfloat16 product (2× the float32 throughput here) against a
+    threshold lowered by a rigorous bound on its error (:data:`SCREEN_SLACK`); only the pairs
+    that pass are decided in float32 (``‖x_j‖² − 2 x_i·x_j < δ² − ‖x_i‖²``, as without the
+    screen), so the graph is the float32 one.
     """
     _check_2d(x, "x")
     if not delta >= 0:
@@ -639,20 +694,80 @@ def range_graph(x: Tensor, delta: float, block: int | None = None) -> tuple[Tens
     n = x.shape[0]
     x_sq = _sq_norms(x)
     delta_sq = float(delta) ** 2
-    rows_out, cols_out = [torch.arange(n, device=x.device)], [torch.arange(n, device=x.device)]
+    screen = _bf16_screen(x.device) and x.shape[1] > 0
+    xb = x.bfloat16() if screen else None
+    norms = x_sq.sqrt()
+    every = torch.arange(n, device=x.device)
+    rows_out, cols_out, sq_out = [every], [every], [torch.zeros(n, device=x.device)]
     blocks = _upper_blocks(n, block or _square_block(x.device))
     with _progress(len(blocks), n * n * x.shape[1] / 2, "range graph") as bar:
         for rows, cols in blocks:
-            limit = (delta_sq - x_sq[rows]).unsqueeze(1)
-            close = _partial_block(x[rows], x[cols], x_sq[cols]) < limit
-            if rows == cols:  # strictly above the diagonal; self-loops are added once above
-                close.triu_(diagonal=1)
-            r, c = close.nonzero(as_tuple=True)
+            if screen:
+                r, c, partial = _screened_block(x, x_sq, norms, xb, rows, cols, delta_sq)
+            else:
+                r, c, partial = _exact_block(x, x_sq, rows, cols, delta_sq)
             r, c = r + rows.start, c + cols.start
             rows_out += [r, c]
             cols_out += [c, r]
+            if with_sq:
+                sq = partial.add_(x_sq[r]).clamp_min_(0.0)
+                sq_out += [sq, sq]
             bar.update()
+    del xb
     r, c = torch.cat(rows_out), torch.cat(cols_out)
     del rows_out, cols_out
     order = torch.argsort(r * n + c)
-    return r[order], c[order]
+    if not with_sq:
+        return r[order], c[order]
+    sq = torch.cat(sq_out)
+    del sq_out
+    return r[order], c[order], sq[order]
+
+
+def _exact_block(
+    x: Tensor, x_sq: Tensor, rows: slice, cols: slice, delta_sq: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Pairs of one upper block within δ (block-local indices, strictly above the diagonal of a
+    diagonal block), decided from the float32 product, and their ``‖x_j‖² − 2 x_i·x_j``."""
+    limit = (delta_sq - x_sq[rows]).unsqueeze(1)
+    partial = _partial_block(x[rows], x[cols], x_sq[cols])
+    close = partial < limit
+    if rows == cols:  # strictly above the diagonal; self-loops are added once
+        close.triu_(diagonal=1)
+    r, c = close.nonzero(as_tuple=True)
+    return r, c, partial[r, c]
+
+
+def _screened_block(
+    x: Tensor, x_sq: Tensor, norms: Tensor, xb: Tensor, rows: slice, cols: slice, delta_sq: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`_exact_block` after a bfloat16 screen: a pair within δ has
+    ``x_i·x_j > (‖x_i‖² + ‖x_j‖² − δ²) / 2``, so its bfloat16 dot product exceeds that bound's
+    block minimum less the slack; only those candidates are decided in float32."""
+    scale = float(norms[rows].max()) * float(norms[cols].max())
+    bound = (float(x_sq[rows].min()) + float(x_sq[cols].min()) - delta_sq) / 2
+    bound -= SCREEN_SLACK * scale + abs(bound) * 2.0**-7  # the bfloat16 rounding of the bound
+    candidate = torch.matmul(xb[rows], xb[cols].T) > torch.tensor(bound, dtype=torch.bfloat16)
+    if rows == cols:
+        candidate.triu_(diagonal=1)
+    r, c = candidate.nonzero(as_tuple=True)
+    del candidate
+    if r.numel() > SCREEN_PAIR_FRACTION * (rows.stop - rows.start) * (cols.stop - cols.start):
+        return _exact_block(x, x_sq, rows, cols, delta_sq)
+    partial = torch.empty(r.numel(), device=x.device)
+    for start in range(0, r.numel(), _PAIR_CHUNK):
+        ri = r[start : start + _PAIR_CHUNK] + rows.start
+        ci = c[start : start + _PAIR_CHUNK] + cols.start
+        dots = torch.linalg.vecdot(x[ri], x[ci])
+        partial[start : start + _PAIR_CHUNK] = x_sq[ci] - 2.0 * dots
+    keep = partial < delta_sq - x_sq[r + rows.start]
+    return r[keep], c[keep], partial[keep]
+
+
+def filter_range_graph(
+    rows: Tensor, cols: Tensor, sq: Tensor, delta: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The pairs of a :func:`range_graph` (``with_sq``) closer than ``delta`` (≤ its δ), self-loops
+    kept; still sorted and symmetric."""
+    keep = (sq < float(delta) ** 2) | (rows == cols)
+    return rows[keep], cols[keep], sq[keep]
