@@ -54,6 +54,7 @@ class Row:
     strategy: str
     n: int
     seconds: float | None = None
+    cpu_seconds: float | None = None
     graph_seconds: float | None = None
     peak_mb: float | None = None
     ratio: float | None = None
@@ -100,18 +101,22 @@ class PeakMemory:
             self.bytes = _rss_kb("VmHWM") * 1024 - self._base
 
 
-def timed(device: torch.device, fn: Callable[[], Any], repeats: int = 1) -> tuple[float, int, Any]:
-    """(median seconds, largest peak extra bytes, last result) of ``repeats`` calls of ``fn()``."""
-    times, peaks = [], []
+def timed(
+    device: torch.device, fn: Callable[[], Any], repeats: int = 1
+) -> tuple[float, float, int, Any]:
+    """(median seconds, median process CPU seconds, largest peak extra bytes, last result) of
+    ``repeats`` calls of ``fn()``. CPU seconds show how much of the cores the call got."""
+    times, cpu, peaks = [], [], []
     for _ in range(repeats):
         with PeakMemory(device) as peak:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             out = fn()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         peaks.append(peak.bytes)
-    return statistics.median(times), max(peaks), out
+    return statistics.median(times), statistics.median(cpu), max(peaks), out
 
 
 def time_limited(fn: Callable[[], Any], limit: float, repeats: int = 1) -> float:
@@ -259,7 +264,7 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
     device = torch.device(args.device)
     features, labels, labeled = make_pool(n, args.dim, args.classes, args.seed, device, args.noise)
     nbytes = features.numel() * features.element_size()
-    train_s, _, probe = timed(
+    train_s, _, _, probe = timed(
         device,
         lambda: train_probe(
             features[labeled], labels[labeled], args.classes, None, torch.Generator().manual_seed(0)
@@ -294,7 +299,7 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
                 s.prepare(pool, torch.Generator().manual_seed(args.seed))
                 return s.graph(pool)
 
-            row.graph_seconds, graph_bytes, graph = timed(
+            row.graph_seconds, graph_cpu, graph_bytes, graph = timed(
                 device, prepare, args.graph_repeats or args.repeats
             )
             out.append(
@@ -302,13 +307,14 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
                     f"{name} (graph)",
                     n,
                     seconds=row.graph_seconds,
+                    cpu_seconds=graph_cpu,
                     peak_mb=graph_bytes / 2**20,
                     ratio=graph_bytes / nbytes,
                     note=f"δ = {graph.delta:.4f}, purity {graph.purity:.3f}, "
                     f"{graph.num_edges} edges",
                 )
             )
-        row.seconds, peak, _ = timed(
+        row.seconds, row.cpu_seconds, peak, _ = timed(
             device,
             lambda s=strategy: query(s, ctx, args.budget, torch.Generator().manual_seed(args.seed)),
             args.repeats,
@@ -356,14 +362,16 @@ def markdown(rows: list[Row], sizes: list[int]) -> str:
     for n in sizes:
         lines += [
             f"\n### N = {n:,}\n",
-            "| strategy | query s | peak extra MiB | × features | skactiveml s | speed-up | note |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| strategy | query s | CPU s | peak extra MiB | × features | skactiveml s | speed-up "
+            "| note |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in (r for r in rows if r.n == n):
             speedup = r.sk_seconds / r.seconds if r.sk_seconds and r.seconds else None
             cells = [
                 r.strategy,
                 f"{r.seconds:.3f}" if r.seconds is not None else "",
+                f"{r.cpu_seconds:.2f}" if r.cpu_seconds is not None else "",
                 f"{r.peak_mb:.0f}" if r.peak_mb is not None else "",
                 f"{r.ratio:.2f}" if r.ratio is not None else "",
                 f"{r.sk_seconds:.2f}" if r.sk_seconds is not None else "",
