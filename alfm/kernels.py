@@ -421,13 +421,12 @@ def kmeans_plusplus_outer(
     )
 
 
-def _feature_variance(x: Tensor, chunk: int) -> Tensor:
-    """Mean over dimensions of the per-dimension variance of ``x`` (chunked)."""
-    mean = x.mean(dim=0)
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], chunk):
-        total += (x[start : start + chunk] - mean).square_().sum(dtype=torch.float64)
-    return total / max(1, x.numel())
+def _feature_variance(x: Tensor, x_sq: Tensor) -> Tensor:
+    """Mean over dimensions of the per-dimension variance of ``x``, from the squared row norms
+    ``x_sq`` (``(Σ‖x‖² − N‖mean‖²) / (N·D)`` in float64: no pass over ``x`` beyond its mean)."""
+    mean = x.mean(dim=0, dtype=torch.float64)
+    total = x_sq.sum(dtype=torch.float64) - x.shape[0] * mean.square().sum()
+    return total.clamp_min(0.0) / max(1, x.numel())
 
 
 def cluster_sums(x: Tensor, assignment: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -465,8 +464,8 @@ def kmeans(
     if not 1 <= k <= n:
         raise ValueError(f"k={k} must be in [1, {n}] (number of points)")
     centroids = x[kmeans_plusplus(x, k, generator)].clone()
-    threshold = tol * _feature_variance(x, auto_chunk(d, x.device, 4))
     x_sq = _sq_norms(x)
+    threshold = tol * _feature_variance(x, x_sq)
     mind, assign = min_sq_distances(x, centroids, x_sq=x_sq)
     for _ in tqdm(range(n_iter), desc="k-means", leave=False, disable=n_iter * n * k * d < 5e10):
         sums, counts = cluster_sums(x, assign, k)
