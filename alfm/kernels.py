@@ -424,7 +424,7 @@ def kmeans_plusplus_outer(
 def _feature_variance(x: Tensor, x_sq: Tensor) -> Tensor:
     """Mean over dimensions of the per-dimension variance of ``x``, from the squared row norms
     ``x_sq`` (``(Σ‖x‖² − N‖mean‖²) / (N·D)`` in float64: no pass over ``x`` beyond its mean)."""
-    mean = x.mean(dim=0, dtype=torch.float64)
+    mean = x.mean(dim=0).double()  # not mean(dtype=float64): that converts all of x first
     total = x_sq.sum(dtype=torch.float64) - x.shape[0] * mean.square().sum()
     return total.clamp_min(0.0) / max(1, x.numel())
 
