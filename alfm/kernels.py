@@ -494,7 +494,7 @@ def nearest_to_centroids(x: Tensor, centroids: Tensor, assignment: Tensor | None
         _, assignment = min_sq_distances(x, centroids)
     assignment = assignment.to(x.device)
     n = x.shape[0]
-    chunk = auto_chunk(x.shape[1], x.device, 4)
+    chunk = auto_chunk(x.shape[1], x.device, 16)  # a gathered centroid row and a difference
     dist = torch.empty(n, dtype=torch.float32, device=x.device)
     c = _f32(centroids)
     for start in range(0, n, chunk):

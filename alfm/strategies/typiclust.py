@@ -52,7 +52,7 @@ def most_typical_per_pool(x: Tensor, pools: list[Tensor], knn_size: int = 20) ->
         start += 1
     while start < len(order):
         width = int(sizes[order[start]])
-        count = max(1, budget // max(1, width * max(width, x.shape[1])))
+        count = max(1, budget // max(1, width * (width + x.shape[1])))  # features + distances
         group = order[start : start + count]
         picks[group] = _most_typical_padded(x, [pools[i] for i in group], width, knn_size)
         start += count
