@@ -1,12 +1,13 @@
 """Query-strategy benchmark: seconds and peak memory per strategy, next to scikit-activeml.
 
-For every registered strategy and every pool size N it times one query of B points on a synthetic
+For every registered strategy and every pool size N it times a query of B points on a synthetic
 Gaussian-mixture pool (N×D float32, C classes, |L| = C labeled points, one per class) with a probe
 trained on L, and measures the peak extra memory of that query (CPU: growth of the process' peak
 RSS, reset before each query through /proc/self/clear_refs; CUDA: peak allocated bytes) as a
-multiple of the feature matrix. ProbCover's graph is built once, timed and measured apart
-("graph" column and the ``probcover (graph)`` row), as a run reuses it across rounds. Probe
-training is reported apart too.
+multiple of the feature matrix. Every cell is ``--repeats`` calls in this one process (default
+3): the median time and the largest peak are reported, so numbers from a noisy machine compare.
+ProbCover's graph (``ProbCover.prepare``) is timed and measured apart (the ``probcover (graph)``
+row), as a run builds it once and reuses it across rounds. Probe training is reported apart too.
 
 Side by side, on the same pool and the same trained probe, it runs scikit-activeml's
 implementation of each strategy we share with it, where it is installed and its expected memory
@@ -26,17 +27,24 @@ import json
 import os
 import platform
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
+# OpenMP threads that spin at barriers steal the time slices of their siblings on an
+# oversubscribed CPU (2-thread BALD at 50k: 40 s spinning vs 3.6 s passive on the shared 2-core
+# machine): wait passively unless the caller says otherwise. Read when libgomp loads, so before
+# torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from alfm.probe import Probe, train_probe
-from alfm.strategies import QueryContext, create_strategy, list_strategies, query
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from alfm.probe import Probe, train_probe  # noqa: E402
+from alfm.strategies import QueryContext, create_strategy, list_strategies, query  # noqa: E402
 
 
 @dataclass
@@ -46,6 +54,7 @@ class Row:
     strategy: str
     n: int
     seconds: float | None = None
+    cpu_seconds: float | None = None
     graph_seconds: float | None = None
     peak_mb: float | None = None
     ratio: float | None = None
@@ -92,20 +101,31 @@ class PeakMemory:
             self.bytes = _rss_kb("VmHWM") * 1024 - self._base
 
 
-def timed(device: torch.device, fn: Callable[[], Any]) -> tuple[float, int, Any]:
-    """(seconds, peak extra bytes, result) of ``fn()``."""
-    with PeakMemory(device) as peak:
-        start = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    return seconds, peak.bytes, out
+def timed(
+    device: torch.device, fn: Callable[[], Any], repeats: int = 1
+) -> tuple[float, float, int, Any]:
+    """(median seconds, median process CPU seconds, largest peak extra bytes, last result) of
+    ``repeats`` calls of ``fn()``. CPU seconds show how much of the cores the call got."""
+    times, cpu, peaks = [], [], []
+    for _ in range(repeats):
+        with PeakMemory(device) as peak:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            out = fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        peaks.append(peak.bytes)
+    return statistics.median(times), statistics.median(cpu), max(peaks), out
 
 
-def time_limited(fn: Callable[[], Any], limit: float) -> float:
-    """Seconds ``fn()`` took; raises TimeoutError once it runs past ``limit`` seconds (checked
-    between Python bytecodes, so a long C call finishes first)."""
+def time_limited(fn: Callable[[], Any], limit: float, repeats: int = 1) -> float:
+    """Median seconds of ``repeats`` calls of ``fn()``; raises TimeoutError once one runs past
+    ``limit`` seconds (checked between Python bytecodes, so a long C call finishes first)."""
+    return statistics.median(_time_limited(fn, limit) for _ in range(repeats))
+
+
+def _time_limited(fn: Callable[[], Any], limit: float) -> float:
 
     def expire(signum: int, frame: object) -> None:
         raise TimeoutError
@@ -244,11 +264,12 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
     device = torch.device(args.device)
     features, labels, labeled = make_pool(n, args.dim, args.classes, args.seed, device, args.noise)
     nbytes = features.numel() * features.element_size()
-    train_s, _, probe = timed(
+    train_s, _, _, probe = timed(
         device,
         lambda: train_probe(
             features[labeled], labels[labeled], args.classes, None, torch.Generator().manual_seed(0)
         ),
+        args.repeats,
     )
     out.append(Row("(probe training)", n, seconds=train_s, note=f"{labeled.numel()} labeled"))
     ctx = QueryContext(features, labeled, labels[labeled], args.classes, probe)
@@ -272,23 +293,31 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
         strategy = create_strategy(name)
         row = Row(name, n)
         if hasattr(strategy, "graph"):  # ProbCover: build (and cache) the graph apart
-            row.graph_seconds, graph_bytes, graph = timed(
-                device, lambda s=strategy: s.graph(features, args.classes, 0)
+            pool = QueryContext(features, labeled[:0], labels[:0], args.classes)
+
+            def prepare(s=strategy, pool=pool):
+                s.prepare(pool, torch.Generator().manual_seed(args.seed))
+                return s.graph(pool)
+
+            row.graph_seconds, graph_cpu, graph_bytes, graph = timed(
+                device, prepare, args.graph_repeats or args.repeats
             )
             out.append(
                 Row(
                     f"{name} (graph)",
                     n,
                     seconds=row.graph_seconds,
+                    cpu_seconds=graph_cpu,
                     peak_mb=graph_bytes / 2**20,
                     ratio=graph_bytes / nbytes,
                     note=f"δ = {graph.delta:.4f}, purity {graph.purity:.3f}, "
                     f"{graph.num_edges} edges",
                 )
             )
-        gen = torch.Generator().manual_seed(args.seed)
-        row.seconds, peak, _ = timed(
-            device, lambda s=strategy, g=gen: query(s, ctx, args.budget, g)
+        row.seconds, row.cpu_seconds, peak, _ = timed(
+            device,
+            lambda s=strategy: query(s, ctx, args.budget, torch.Generator().manual_seed(args.seed)),
+            args.repeats,
         )
         row.peak_mb, row.ratio = peak / 2**20, peak / nbytes
         if sk is not None and name in sk:
@@ -297,7 +326,7 @@ def bench_size(n: int, args: argparse.Namespace, names: list[str], out: list[Row
                 row.note = f"skactiveml skipped: needs ~{need / 2**30:.0f} GiB"
             else:
                 try:
-                    row.sk_seconds = time_limited(sk[name], args.sk_timeout)
+                    row.sk_seconds = time_limited(sk[name], args.sk_timeout, args.repeats)
                 except TimeoutError:
                     row.note = f"skactiveml stopped after {args.sk_timeout:.0f} s"
                     row.sk_seconds = None
@@ -333,14 +362,16 @@ def markdown(rows: list[Row], sizes: list[int]) -> str:
     for n in sizes:
         lines += [
             f"\n### N = {n:,}\n",
-            "| strategy | query s | peak extra MiB | × features | skactiveml s | speed-up | note |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| strategy | query s | CPU s | peak extra MiB | × features | skactiveml s | speed-up "
+            "| note |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for r in (r for r in rows if r.n == n):
             speedup = r.sk_seconds / r.seconds if r.sk_seconds and r.seconds else None
             cells = [
                 r.strategy,
                 f"{r.seconds:.3f}" if r.seconds is not None else "",
+                f"{r.cpu_seconds:.2f}" if r.cpu_seconds is not None else "",
                 f"{r.peak_mb:.0f}" if r.peak_mb is not None else "",
                 f"{r.ratio:.2f}" if r.ratio is not None else "",
                 f"{r.sk_seconds:.2f}" if r.sk_seconds is not None else "",
@@ -366,6 +397,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sk-max-n", type=int, default=50000, help="largest N for skactiveml")
     parser.add_argument("--sk-mem-gb", type=float, default=4.0, help="skip skactiveml above this")
     parser.add_argument("--sk-timeout", type=float, default=300, help="seconds per skactiveml call")
+    parser.add_argument("--repeats", type=int, default=3, help="calls per cell (median)")
+    parser.add_argument(
+        "--graph-repeats", type=int, default=0, help="ProbCover graph builds (0: --repeats)"
+    )
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument(
         "--tf32", action="store_true", help="allow TF32 CUDA matmuls (default: full float32)"
@@ -373,10 +408,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = args.tf32
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     names = [s for s in args.strategies.split(",") if s] or list_strategies()
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[Row] = []
+    load = os.getloadavg()
     for n in sizes:
         bench_size(n, args, names, rows)
     device_name = (
@@ -387,9 +422,12 @@ def main(argv: list[str] | None = None) -> None:
         f"|L| = C, device {args.device} ({device_name or platform.machine()}), "
         f"{args.threads} CPU threads, {'TF32' if args.tf32 else 'float32'} matmuls, "
         f"torch {torch.__version__}, Python "
-        f"{platform.python_version()}, 1-min load average at the end "
-        f"{os.getloadavg()[0]:.1f}. Peak memory is extra bytes over the resident pool, as a "
-        f"multiple of the N×D float32 feature matrix."
+        f"{platform.python_version()}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')}, "
+        f"load average at the start {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} and at the end "
+        f"{os.getloadavg()[0]:.1f} / {os.getloadavg()[1]:.1f} / {os.getloadavg()[2]:.1f} "
+        f"(1, 5, 15 min). Seconds are medians of {args.repeats} calls (graph: "
+        f"{args.graph_repeats or args.repeats}); peak memory is the largest extra over the "
+        f"resident pool in those calls, as a multiple of the N×D float32 feature matrix."
     )
     print(header + "\n" + markdown(rows, sizes))
     if args.json:

@@ -9,7 +9,7 @@ import torch
 from strategy_helpers import LinearProbe, assert_valid, blobs, context, ctx_for, gen, identity_probe
 from torch import Tensor, nn
 
-from alfm.probe import keep_mask
+from alfm.probe import stacked_dropout_scales
 from alfm.strategies import QueryContext, create_strategy, query
 from alfm.strategies.alfamix import AlfaMix, class_anchors, prediction_flips
 from alfm.strategies.dropquery import DropQuery
@@ -39,7 +39,7 @@ def test_dropquery_mismatch_counts_by_hand():
     # argmax gives class 0: a mismatch. Row type B predicts class 0 either way: never.
     g = gen(9)
     cpu = torch.device("cpu")
-    dropped = torch.stack([~keep_mask((20, 4), 0.75, g, cpu) for _ in range(5)])
+    dropped = stacked_dropout_scales(5, 20, 4, 0.75, g, cpu) == 0  # the masks of the 5 passes
     assert counts[0::2].tolist() == dropped[:, 0::2, 1].sum(dim=0).tolist()
     assert (counts[1::2] == 0).all()
     assert (DropQuery(dropout=0.0).mismatches(ctx, gen()) == 0).all()

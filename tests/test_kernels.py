@@ -200,8 +200,21 @@ def test_knn_matches_brute_force(points, chunk, knn_backend):
         K.knn(points, 257)
 
 
+@pytest.fixture(params=["float32", "screen+block", "screen+pairs"])
+def range_path(request, monkeypatch):
+    """Each way :func:`range_graph` decides pairs: the float32 product alone, or the bfloat16
+    screen followed by a float32 block product or by a pair-by-pair float32 check."""
+    if request.param == "float32":
+        monkeypatch.setattr(K, "USE_BF16_SCREEN", False)
+    elif not K._bf16_screen(torch.device("cpu")):
+        pytest.skip("no oneDNN bfloat16 on this CPU")
+    else:
+        monkeypatch.setattr(K, "SCREEN_PAIR_FRACTION", 0.0 if "block" in request.param else 1.0)
+    return request.param
+
+
 @pytest.mark.parametrize("chunk", [None, 3, 100])
-def test_range_graph_matches_brute_force(points, chunk):
+def test_range_graph_matches_brute_force(points, chunk, range_path):
     x = K.l2_normalize(points)
     rows, cols = K.range_graph(x, 0.9, block=chunk)
     full = torch.cdist(x, x) < 0.9
@@ -210,6 +223,26 @@ def test_range_graph_matches_brute_force(points, chunk):
     assert torch.equal(rows, ref_r) and torch.equal(cols, ref_c)
     r0, c0 = K.range_graph(x, 0.0)
     assert torch.equal(r0, torch.arange(257)) and torch.equal(c0, torch.arange(257))
+
+
+def test_range_graph_distances_and_filter(points, range_path):
+    x = K.l2_normalize(points) * 2  # not unit rows: the screen's bound scales with the norms
+    rows, cols, sq = K.range_graph(x, 1.8, block=50, with_sq=True)
+    ref = torch.cdist(x, x).square()
+    assert torch.allclose(sq, ref[rows, cols], atol=1e-4)
+    assert torch.equal(sq[rows == cols], torch.zeros(257))
+    small = K.filter_range_graph(rows, cols, sq, 1.2)
+    fresh = K.range_graph(x, 1.2)
+    assert torch.equal(small[0], fresh[0]) and torch.equal(small[1], fresh[1])
+
+
+def test_nearest_other_label_for_sampled_rows(points):
+    labels = torch.randint(4, (257,), generator=gen(12))
+    full = K.nearest_other_label_sq_distances(points, labels)
+    sample = torch.tensor([0, 5, 77, 256, 130])
+    for block in (None, 2, 64):
+        out = K.nearest_other_label_sq_distances(points, labels, block=block, rows=sample)
+        assert torch.allclose(out, full[sample], rtol=1e-5, atol=1e-5)
 
 
 def test_nearest_other_label_sq_distances_hand_case():

@@ -9,7 +9,13 @@ import pytest
 import torch
 from strategy_helpers import assert_valid, blobs, context, gen, prepared
 
-from alfm.kernels import CHUNK_BYTES
+from alfm.kernels import (
+    CHUNK_BYTES,
+    kmeans,
+    l2_normalize,
+    nearest_other_label_sq_distances,
+    range_graph,
+)
 from alfm.probe import ProbeConfig, train_probe
 from alfm.strategies import create_strategy, probcover, query
 from alfm.strategies.probcover import (
@@ -154,6 +160,38 @@ def test_build_cover_graph_on_two_groups():
     assert graph.num_edges == 2 * 9  # each group is a clique, self-loops included
     fixed = build_cover_graph(torch.cat([a, b]), 2, gen(0), delta=0.001)
     assert fixed.num_edges == 6 and math.isnan(fixed.purity)
+
+
+def test_cover_graph_of_a_fixed_delta_gives_the_brute_force_picks():
+    """The one-pass (screened) builder against a dense evaluation of every pair."""
+    x, _ = blobs(500, 16, 5)
+    unit = l2_normalize(x)
+    dense = torch.cdist(unit.double(), unit.double()) < 0.35
+    dense.fill_diagonal_(True)
+    r, c = dense.nonzero(as_tuple=True)
+    oracle = CoverGraph.from_edges(r, c, 500, 0.35, float("nan"))
+    graph = build_cover_graph(x, 5, gen(0), delta=0.35)
+    assert torch.equal(graph.ptr, oracle.ptr) and torch.equal(graph.cols, oracle.cols)
+    labeled = torch.tensor([3, 40])
+    assert torch.equal(
+        max_coverage(graph, labeled, 30, gen(1)), max_coverage(oracle, labeled, 30, gen(1))
+    )
+
+
+def test_delta_from_a_purity_sample_is_checked_exactly():
+    x, _ = blobs(600, 8, 12)
+    full = build_cover_graph(x, 12, gen(3))  # 600 <= PURITY_SAMPLE: every point's purity
+    for size in (50, 200):
+        graph = build_cover_graph(x, 12, gen(3), purity_sample=size)
+        unit = l2_normalize(x)
+        rows, cols = range_graph(unit, graph.delta)
+        assert torch.equal(graph.cols, cols.int()) and graph.num_edges == rows.numel()
+        # the reported purity is the exact one of that δ, as the full pass computes it
+        _, pseudo = kmeans(unit, 12, gen(3))
+        other = nearest_other_label_sq_distances(unit, pseudo)
+        assert graph.purity == pytest.approx(float((other >= graph.delta**2).float().mean()))
+        assert graph.purity >= 0.95
+        assert abs(graph.delta - full.delta) <= 0.125  # a sampled estimate, not the same δ
 
 
 def test_probcover_prepare_builds_the_one_graph_every_query_uses(monkeypatch):

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from alfm.kernels import device_generator
-from alfm.probe import Probe
+from alfm.probe import Probe, dropout_pass_rows
 from alfm.strategies.base import (
     QueryContext,
     RankedSelection,
@@ -24,21 +24,24 @@ def mutual_information(
 ) -> Tensor:
     """(N,) BALD score ``H(mean p) − mean H(p)`` over ``num_passes`` dropout passes, ≥ 0.
 
-    Computed chunk by chunk: all passes of one chunk before the next, so memory is O(chunk·C).
+    The passes of a cache-sized block of rows run as one matrix product
+    (:meth:`~alfm.probe.Probe.dropout_pass_logits`) and are reduced at once, so memory is
+    O(block · passes · C): nothing of size passes × N × C is ever stored.
     """
     gen = device_generator(generator, features.device)
     folded = probe.folded_linear()
+    rows = dropout_pass_rows(num_passes, features.shape[1])
 
-    def chunk_mi(xc: Tensor) -> Tensor:
-        mean_p = torch.zeros(xc.shape[0], probe.num_classes, device=xc.device)
-        mean_h = torch.zeros(xc.shape[0], device=xc.device)
-        for _ in range(num_passes):
-            p = probe.chunk_logits(xc, gen, folded=folded).softmax(dim=1)
-            mean_p += p
-            mean_h += entropy(p)
-        return (entropy(mean_p / num_passes) - mean_h / num_passes).clamp_min_(0.0)
+    def block_mi(xb: Tensor) -> Tensor:
+        p = probe.dropout_pass_logits(xb, num_passes, gen, folded=folded).softmax(dim=2)
+        pass_entropy = entropy(p.view(-1, p.shape[2])).view(num_passes, -1)
+        return (entropy(p.mean(dim=0)) - pass_entropy.mean(dim=0)).clamp_min_(0.0)
 
-    return probe.map_chunks(features, chunk_mi)
+    n = features.shape[0]
+    scores = torch.empty(n, device=features.device)
+    for start in range(0, n, rows):
+        scores[start : start + rows] = block_mi(features[start : start + rows].float())
+    return scores
 
 
 class _MutualInformation(Strategy):

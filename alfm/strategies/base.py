@@ -179,7 +179,12 @@ def _check_finite(features: Tensor) -> None:
     # isfinite builds float and bool temporaries: budget ~16 bytes per entry.
     chunk = auto_chunk(features.shape[1], features.device, 16)
     for start in range(0, features.shape[0], chunk):
-        finite = torch.isfinite(features[start : start + chunk]).all(dim=1)
+        block = features[start : start + chunk]
+        # A row sum is finite when every entry is (one read, no N×D temporary); only a block
+        # with a non-finite sum (a bad entry, or a float32 overflow) is checked entry by entry.
+        if bool(torch.isfinite(block.sum(dim=1, dtype=torch.float32)).all()):
+            continue
+        finite = torch.isfinite(block).all(dim=1)
         if not finite.all():
             bad = start + int((~finite).nonzero()[0])
             raise ValueError(f"features contain NaN or infinite values (first bad row: {bad})")

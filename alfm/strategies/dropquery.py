@@ -7,7 +7,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alfm.kernels import device_generator
+from alfm.kernels import device_generator, matmul_nt
+from alfm.probe import dropout_pass_rows
 from alfm.strategies.base import (
     QueryContext,
     Strategy,
@@ -46,19 +47,18 @@ class DropQuery(Strategy):
 
     def mismatches(self, ctx: QueryContext, generator: torch.Generator) -> Tensor:
         """(N,) number of dropout passes whose predicted class differs from the clean one."""
-        probe = ctx.probe
-        gen = device_generator(generator, ctx.features.device)
+        probe, features = ctx.probe, ctx.features
+        gen = device_generator(generator, features.device)
         folded = probe.folded_linear()
-
-        def count(xc: Tensor) -> Tensor:
-            clean = probe.chunk_logits(xc, folded=folded).argmax(dim=1)
-            total = torch.zeros_like(clean)
-            for _ in range(self.num_passes):
-                dropped = probe.chunk_logits(xc, gen, self.dropout, folded)
-                total += dropped.argmax(dim=1) != clean
-            return total
-
-        return probe.map_chunks(ctx.features, count)
+        rows = dropout_pass_rows(self.num_passes + 1, features.shape[1])
+        n = features.shape[0]
+        total = torch.empty(n, dtype=torch.int64, device=features.device)
+        for start in range(0, n, rows):  # the passes of a block of rows as one product
+            xb = features[start : start + rows].float()
+            clean = matmul_nt(xb, *folded).argmax(dim=1)
+            dropped = probe.dropout_pass_logits(xb, self.num_passes, gen, self.dropout, folded)
+            total[start : start + rows] = (dropped.argmax(dim=2) != clean).sum(dim=0)
+        return total
 
     def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
         unlabeled = ctx.unlabeled

@@ -9,8 +9,11 @@ points is taken and its ball marked covered.
 Differences from the reference, all deliberate:
 - Purity of every δ comes from one pass that finds, for each point, the distance to its nearest
   point with another pseudo-label (a ball of radius δ is pure iff that distance ≥ δ), so the
-  bisection costs nothing beyond that pass and one graph build; both passes visit only the upper
-  triangle of the distance matrix (symmetry), N²D/2 multiply-adds each.
+  bisection costs nothing beyond that pass and one graph build. Beyond ``purity_sample`` points
+  (default 5000) that pass covers a uniform sample only, and the δ it picks is checked against
+  the exact purities read off the built graph (stepping down through the tested δs when short):
+  δ may then differ from the full-pool bisection's, the graph of a given δ never does. The range
+  pass visits only the upper triangle (symmetry), screened in bfloat16 where the CPU has it.
 - FIX: the graph is the one of the δ actually chosen — the largest tested δ that met the purity
   target (the smallest tested δ if none did) — where the reference kept the last tested graph and
   reported the next midpoint.
@@ -30,7 +33,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from alfm.kernels import kmeans, l2_normalize, nearest_other_label_sq_distances, range_graph
+from alfm.kernels import (
+    device_generator,
+    filter_range_graph,
+    kmeans,
+    l2_normalize,
+    nearest_other_label_sq_distances,
+    range_graph,
+)
 from alfm.strategies.base import QueryContext, Strategy, random_fill, register_strategy
 
 
@@ -88,9 +98,8 @@ def _gather(ptr: Tensor, values: Tensor, nodes: Tensor) -> Tensor:
     return values[torch.arange(total, device=ptr.device) + offsets].long()
 
 
-def choose_delta(other_sq: Tensor, purity: float = 0.95, steps: int = 6) -> tuple[float, float]:
-    """Bisection on [0, 1] as in the reference; returns the largest tested δ whose ball purity is
-    at least ``purity`` (the smallest tested δ when none is), and that δ's purity."""
+def _bisection(other_sq: Tensor, purity: float, steps: int) -> list[tuple[float, float]]:
+    """The reference's bisection on [0, 1]: every tested ``(δ, purity of δ)`` in order."""
     delta, lower, upper = 0.5, 0.0, 1.0
     tested: list[tuple[float, float]] = []
     for _ in range(steps):
@@ -100,8 +109,28 @@ def choose_delta(other_sq: Tensor, purity: float = 0.95, steps: int = 6) -> tupl
             upper, delta = delta, 0.5 * (lower + delta)
         else:
             lower, delta = delta, 0.5 * (upper + delta)
+    return tested
+
+
+def choose_delta(other_sq: Tensor, purity: float = 0.95, steps: int = 6) -> tuple[float, float]:
+    """Bisection on [0, 1] as in the reference; returns the largest tested δ whose ball purity is
+    at least ``purity`` (the smallest tested δ when none is), and that δ's purity."""
+    tested = _bisection(other_sq, purity, steps)
     passing = [t for t in tested if t[1] >= purity]
     return max(passing) if passing else min(tested)
+
+
+#: Points whose nearest other-pseudo-label distance estimates the purity of each δ when the pool
+#: is larger (the default of :class:`ProbCover`'s ``purity_sample``).
+PURITY_SAMPLE = 5000
+
+
+def ball_purity(rows: Tensor, cols: Tensor, labels: Tensor) -> float:
+    """Fraction of the graph's balls whose members all share their center's label."""
+    n = labels.numel()
+    impure = torch.zeros(n, dtype=torch.bool, device=labels.device)
+    impure[rows[labels[rows] != labels[cols]]] = True
+    return 1.0 - int(impure.sum()) / max(1, n)
 
 
 def build_cover_graph(
@@ -113,20 +142,47 @@ def build_cover_graph(
     purity: float = 0.95,
     delta_steps: int = 6,
     kmeans_iters: int = 20,
+    purity_sample: int = PURITY_SAMPLE,
 ) -> CoverGraph:
-    """ProbCover's δ-ball graph on L2-normalized ``features`` (δ by bisection unless given)."""
+    """ProbCover's δ-ball graph on L2-normalized ``features`` (δ by bisection unless given).
+
+    Up to ``purity_sample`` points, the bisection uses every point's exact purity (one
+    upper-triangle pass), then the graph is built. Beyond, it uses a uniform sample of
+    ``purity_sample`` points (drawn from ``generator`` after the k-means; their distances to all
+    points: purity_sample·N·D multiply-adds instead of N²D/2), the graph of the δ it picks is
+    built in the one range pass, and the pick is checked: the exact purity of every tested δ up
+    to it follows from that graph's edges (a ball is impure iff an edge leaves its label), and
+    the largest tested δ whose exact purity meets ``purity`` is kept (the smallest tested δ when
+    none does), its graph filtered from the built one. ``purity`` of the result is exact.
+    """
     x = l2_normalize(features)
-    if delta is None:
-        k = min(num_classes, x.shape[0])
-        _, pseudo = kmeans(x, k, generator, n_iter=kmeans_iters)
+    n = x.shape[0]
+    if delta is not None:
+        rows, cols = range_graph(x, delta)
+        return CoverGraph.from_edges(rows, cols, n, delta, float("nan"))
+    _, pseudo = kmeans(x, min(num_classes, n), generator, n_iter=kmeans_iters)
+    if n <= purity_sample:
         delta, achieved = choose_delta(
             nearest_other_label_sq_distances(x, pseudo), purity, delta_steps
         )
-    else:
-        achieved = float("nan")
-    rows, cols = range_graph(x, delta)
+        rows, cols = range_graph(x, delta)
+        return CoverGraph.from_edges(rows, cols, n, delta, achieved)
+    gen = device_generator(generator, torch.device("cpu"))
+    sample = torch.randperm(n, generator=gen)[:purity_sample].sort().values
+    tested = _bisection(
+        nearest_other_label_sq_distances(x, pseudo, rows=sample), purity, delta_steps
+    )
+    passing = [d for d, p in tested if p >= purity]
+    built = max(passing) if passing else min(tested)[0]
+    rows, cols, sq = range_graph(x, built, with_sq=True)
     del x
-    return CoverGraph.from_edges(rows, cols, features.shape[0], delta, achieved)
+    candidates = sorted((d for d, _ in tested if d <= built), reverse=True)
+    for delta in candidates:  # largest first: the first exactly pure enough is kept
+        sub = filter_range_graph(rows, cols, sq, delta) if delta < built else (rows, cols, sq)
+        achieved = ball_purity(sub[0], sub[1], pseudo)
+        if achieved >= purity:
+            break
+    return CoverGraph.from_edges(sub[0], sub[1], n, delta, achieved)
 
 
 def max_coverage(
@@ -172,18 +228,20 @@ class ProbCover(Strategy):
         purity: float = 0.95,
         delta_steps: int = 6,
         kmeans_iters: int = 20,
+        purity_sample: int = PURITY_SAMPLE,
     ) -> None:
         if delta is not None and not delta > 0:
             raise ValueError(f"probcover delta must be > 0 or None (bisection), got {delta}")
-        if not 0 < purity <= 1 or delta_steps < 1 or kmeans_iters < 0:
+        if not 0 < purity <= 1 or delta_steps < 1 or kmeans_iters < 0 or purity_sample < 1:
             raise ValueError(
-                "probcover needs 0 < purity <= 1, delta_steps >= 1, kmeans_iters >= 0; got "
-                f"{purity}, {delta_steps}, {kmeans_iters}"
+                "probcover needs 0 < purity <= 1, delta_steps >= 1, kmeans_iters >= 0, "
+                f"purity_sample >= 1; got {purity}, {delta_steps}, {kmeans_iters}, {purity_sample}"
             )
         self.delta = delta
         self.purity = purity
         self.delta_steps = delta_steps
         self.kmeans_iters = kmeans_iters
+        self.purity_sample = purity_sample
         self._prepared: tuple[weakref.ref[Tensor], tuple, CoverGraph] | None = None
 
     def prepare(self, ctx: QueryContext, generator: torch.Generator) -> None:
@@ -196,6 +254,7 @@ class ProbCover(Strategy):
             purity=self.purity,
             delta_steps=self.delta_steps,
             kmeans_iters=self.kmeans_iters,
+            purity_sample=self.purity_sample,
         )
         self._prepared = (weakref.ref(ctx.features), _features_key(ctx), graph)
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from alfm.kernels import CHUNK_BYTES, kmeans, knn, l2_normalize
+from alfm.kernels import CHUNK_BYTES, kmeans, knn, l2_normalize, matmul_nt
 from alfm.strategies.base import QueryContext, Strategy, random_fill, register_strategy
 
 
@@ -52,7 +52,7 @@ def most_typical_per_pool(x: Tensor, pools: list[Tensor], knn_size: int = 20) ->
         start += 1
     while start < len(order):
         width = int(sizes[order[start]])
-        count = max(1, budget // max(1, width * max(width, x.shape[1])))
+        count = max(1, budget // max(1, width * (width + x.shape[1])))  # features + distances
         group = order[start : start + count]
         picks[group] = _most_typical_padded(x, [pools[i] for i in group], width, knn_size)
         start += count
@@ -67,8 +67,10 @@ def _most_typical_padded(x: Tensor, pools: list[Tensor], width: int, knn_size: i
     valid = torch.arange(width, device=device) < lengths.unsqueeze(1)
     feats = x[index].float()  # (G, S, D)
     sq = feats.square().sum(dim=2)
-    dist = torch.baddbmm(sq.unsqueeze(2), feats, feats.transpose(1, 2), alpha=-2.0)
-    dist.add_(sq.unsqueeze(1)).clamp_min_(0.0)
+    dist = torch.empty(len(pools), width, width, device=device)
+    for g in range(len(pools)):  # one oneDNN product per pool beats MKL's batched one here
+        dist[g] = matmul_nt(feats[g] * -2.0, feats[g], sq[g])
+    dist.add_(sq.unsqueeze(2)).clamp_min_(0.0)
     dist.masked_fill_(~valid.unsqueeze(1), math.inf)
     dist.diagonal(dim1=1, dim2=2).fill_(math.inf)
     counts = valid.sum(dim=1)
