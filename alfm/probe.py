@@ -292,7 +292,8 @@ class Probe(nn.Module):
         folded: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """(num_passes, r, C) eval-mode logits of ``num_passes`` input-dropout passes (rate ``p``,
-        default the probe's own) over a float32 chunk ``x`` (r, D), as one matrix product.
+        default the probe's own) over a float32 chunk ``x`` (r, D), the adapter (if any) then one
+        matrix product over all passes.
 
         Masks come from :func:`stacked_dropout_scales` (``generator`` on ``x``'s device), so
         they differ from ``num_passes`` calls of :meth:`chunk_logits`; same distribution. Keep
@@ -304,10 +305,10 @@ class Probe(nn.Module):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate}")
         rows, dim = x.shape
         if rate == 0.0:
-            return matmul_nt(x, weight, bias).unsqueeze(0).repeat(num_passes, 1, 1)
+            return matmul_nt(self.adapt(x), weight, bias).unsqueeze(0).repeat(num_passes, 1, 1)
         scales = stacked_dropout_scales(num_passes, rows, dim, rate, generator, x.device)
         masked = scales.mul_(x).view(num_passes * rows, dim)
-        return matmul_nt(masked, weight, bias).view(num_passes, rows, -1)
+        return matmul_nt(self.adapt(masked), weight, bias).view(num_passes, rows, -1)
 
 
 def dropout_pass_rows(num_passes: int, dim: int) -> int:

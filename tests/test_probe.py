@@ -18,6 +18,7 @@ from alfm.probe import (
     build_probe,
     dropout_scale,
     keep_mask,
+    stacked_dropout_scales,
     train_probe,
 )
 
@@ -259,6 +260,11 @@ def test_residual_adapter_inference_helpers_agree():
     expected = probe.logits(x * keep / 0.25)
     assert torch.allclose(probe.dropout_logits(x, gen(2)), expected, atol=1e-5)
     assert torch.allclose(probe.embed(x, rows=torch.tensor([3, 1])), z[[3, 1]])
+    scales = stacked_dropout_scales(3, 30, 4, 0.75, gen(4), torch.device("cpu"))
+    passes = torch.stack([probe.logits(x * scale) for scale in scales])
+    assert torch.allclose(probe.dropout_pass_logits(x, 3, gen(4)), passes, atol=1e-5)
+    no_dropout = probe.dropout_pass_logits(x, 2, gen(4), p=0.0)
+    assert torch.allclose(no_dropout, probe.logits(x).expand(2, -1, -1), atol=1e-5)
 
 
 def test_residual_adapter_trains_deterministically():
