@@ -112,7 +112,8 @@ def extract_features(
     process), ``cpu`` by PIL in the workers, ``auto`` on the device when it is CUDA. Other
     images are always decoded by PIL. ``compile``: ``torch.compile`` the model (its compile time
     is recorded apart from the extraction time). ``shard``: ``"i/N"`` extracts shard i of N only
-    and leaves the store incomplete until :func:`finalize_store`. Returns the store path.
+    (on the GPU of :func:`shard_device`) and leaves the store incomplete until
+    :func:`finalize_store`. Returns the store path.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -125,7 +126,7 @@ def extract_features(
     )
     data = create_dataset(dataset, root)
     splits = {name: data.split(name) for name in SPLITS}
-    dev = resolve_device(device)
+    dev = shard_device(resolve_device(device), part)
     attrs = {
         "backbone": model,
         "weights_sha256": backbone.weights_sha256,
@@ -157,6 +158,15 @@ def extract_features(
     if shard is None:
         finalize_store(out)
     return out
+
+
+def shard_device(device: torch.device, shard: Shard) -> torch.device:
+    """The GPU of ``shard`` when ``device`` is CUDA without an index: shard i of N takes visible
+    GPU i mod the GPUs visible, so shards started at once on a multi-GPU node share them out (a
+    SLURM allocation sees its own GPU only: the first)."""
+    if device.type != "cuda" or device.index is not None or shard.count == 1:
+        return device
+    return torch.device("cuda", shard.index % torch.cuda.device_count())
 
 
 def finalize_store(path: str | Path, shards: int | None = None) -> Path:

@@ -37,6 +37,7 @@ SMALL_GRID = {
     "probe": {"max_epochs": 30},
     "rounds_per_job": None,
     "device": "cpu",
+    "extract": {"image_size": None},  # the store's path is then plain digits.zarr
 }
 
 
@@ -64,6 +65,7 @@ def make_grid(root: Path, **overrides) -> Path:
     store = root / "results" / "features" / "mobilenet_v2" / "digits.zarr"
     if not store.exists():
         write_synthetic_store(store)
+        store.with_name("digits.zarr.done").touch()  # what the extraction job leaves
     return write_config(root, **overrides)
 
 

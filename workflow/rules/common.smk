@@ -45,10 +45,14 @@ def job_seeds(wildcards) -> list:
 
 
 def al_inputs(wildcards) -> dict:
-    """An AL job's inputs: the feature store and the previous job's records of each run."""
+    """An AL job's inputs: the complete store's flag and the previous job's records of each run.
+    The flag is `ancient`: a store is immutable once complete, so re-touching its flag (a
+    finalize rerun after changing `extract.shards`) reruns nothing; other settings that change
+    the features change the store's path, and the AL jobs rerun on the new one."""
     seeds = job_seeds(wildcards)
     job = (wildcards.model, wildcards.dataset, wildcards.strategy)
-    return GRID.job_inputs(*job, seeds, int(wildcards.round))
+    inputs = GRID.job_inputs(*job, seeds, int(wildcards.round))
+    return {**inputs, "features": ancient(inputs["features"])}
 
 
 def al_runs(wildcards) -> str:
@@ -66,3 +70,62 @@ def al_states(wildcards) -> list[str]:
 def extract_arguments(wildcards) -> str:
     """The `alfm extract` arguments of (model, dataset), shell-quoted."""
     return GRID.extract_arguments(wildcards.model, wildcards.dataset)
+
+
+def store_path(wildcards) -> str:
+    """The feature store of (model, dataset)."""
+    return GRID.store_path(wildcards.model, wildcards.dataset)
+
+
+def shard_flags(wildcards) -> list[str]:
+    """The flags of every extraction shard of (model, dataset)."""
+    job = (wildcards.model, wildcards.dataset)
+    return [GRID.shard_done(*job, i) for i in range(GRID.extract_shards)]
+
+
+# Where a rule's cluster resources are set, for the error of check_slurm().
+RESOURCES_SET_IN = {"extract_features": "extract.resources of the config"}
+
+
+def slurm_requests() -> list:
+    """What each rule's jobs that are about to run ask SLURM for (alfm.cluster.Request), as the
+    SLURM executor will submit them (threads or cpus_per_task, mem_mb, gpu or gres, runtime,
+    slurm_partition), after every profile and command-line override."""
+    from alfm.cluster import Request, node_gpus
+
+    requests = set()
+    for job in workflow.dag.needrun_jobs():
+        if job.is_local:
+            continue
+        res = job.resources
+        name = job.rule.name
+        gres = node_gpus(str(res.get("gres") or ""))
+        request = Request(
+            name,
+            cpus=int(res.get("cpus_per_task") or job.threads),
+            mem_mb=res.get("mem_mb"),
+            gpus=int(res.get("gpu") or gres),
+            runtime=res.get("runtime"),
+            partition=res.get("slurm_partition"),
+            where=RESOURCES_SET_IN.get(name, "the profile's set-resources"),
+        )
+        requests.add(request)
+    return sorted(requests, key=lambda r: r.rule)
+
+
+def check_slurm() -> None:
+    """With the SLURM executor, fail before submitting anything when a job could never start
+    (alfm.cluster.check_requests), naming the rule and the resource."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.cli_prefix != "slurm":
+        return
+    from alfm.cluster import check_requests, slurm_partitions
+
+    try:
+        check_requests(slurm_requests(), slurm_partitions())
+    except ValueError as err:
+        raise WorkflowError(f"SLURM could never run this workflow: {err}") from None
+
+
+onstart:
+    check_slurm()
