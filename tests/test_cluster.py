@@ -57,7 +57,8 @@ def test_gpus_of_a_node_from_its_gres():
 
 
 def test_partitions_take_the_largest_node_within_the_per_node_limits():
-    assert PARTITIONS == {
+    partitions = parse_partitions(SINFO, SCONTROL)
+    assert partitions == {
         "cpu": Partition("cpu", cpus=4, mem_mb=15000, gpus=0, max_minutes=None, default=True),
         "gpu": Partition("gpu", cpus=48, mem_mb=400000, gpus=8, max_minutes=2880),
     }
