@@ -44,7 +44,7 @@ from alfm.backbones import Backbone, create_backbone
 from alfm.datasets import ArraySplit, FileSplit, create_dataset
 from alfm.decoding import DecodeCounts, EncodedBatch, EncodedSamples, decode_batch
 from alfm.devices import resolve_device
-from alfm.pipeline import path_name
+from alfm.pipeline import path_name, store_tag
 from alfm.preprocess import BatchTransform
 from alfm.store import DEFAULT_CHUNK_ROWS, SKIPPED_LABEL, SPLITS, Shard, StoreWriter
 
@@ -52,10 +52,13 @@ DEFAULT_BATCH_SIZE = 128
 DECODE_MODES = ("auto", "cpu", "gpu")
 
 
-def default_store_path(model: str, dataset: str, base: str | Path = "results/features") -> Path:
-    """``<base>/<model>/<dataset>.zarr`` with the names' :func:`alfm.pipeline.path_name`, where
-    the workflow keeps the store."""
-    return Path(base) / path_name(model) / f"{path_name(dataset)}.zarr"
+def default_store_path(
+    model: str, dataset: str, base: str | Path = "results/features", **settings: Any
+) -> Path:
+    """``<base>/<model>/<dataset><tag>.zarr`` with the names' :func:`alfm.pipeline.path_name`
+    and the :func:`alfm.pipeline.store_tag` of the extraction ``settings`` (``image_size``,
+    ``dtype``, ``device``, ``decode``, ``compile``): where the workflow keeps the store."""
+    return Path(base) / path_name(model) / f"{path_name(dataset)}{store_tag(settings)}.zarr"
 
 
 def default_workers() -> int:
@@ -120,7 +123,10 @@ def extract_features(
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     part = Shard.parse(shard) if isinstance(shard, str) else shard or Shard()
-    out = Path(out) if out is not None else default_store_path(model, dataset)
+    if out is None:
+        settings = {"image_size": image_size, "dtype": dtype, "device": device}
+        out = default_store_path(model, dataset, decode=decode, compile=compile, **settings)
+    out = Path(out)
     backbone = create_backbone(
         model, model_dir=model_dir, random_init=random_init, image_size=image_size
     )

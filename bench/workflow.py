@@ -4,7 +4,7 @@
     python bench/workflow.py overhead     what one AL job costs beyond its rounds (median of 3)
     python bench/workflow.py dryrun       paper grid dry runs (rounds_per_job null, 1)
 
-`grid` uses the default feature store (results/features/mobilenet_v2/animal_mnist.zarr, extracted
+`grid` uses the default feature store (results/features/mobilenet_v2/animal_mnist@112px.zarr, extracted
 first when missing), runs every run of the default grid (alfm.pipeline.Grid, as the workflow
 expands it) once in this process (run_active_learning, one after the other) and once through
 `snakemake runs --cores N` in a fresh results folder, and prints both wall times, their ratio
