@@ -249,6 +249,35 @@ def test_small_grid_end_to_end_and_rerun_does_nothing(finished_grid):
     assert "Nothing to be done" in again.stdout + again.stderr, again.stderr[-3000:]
 
 
+def planned_jobs(root: Path) -> dict[str, int]:
+    """Rule → job count of `snakemake -n` (empty when nothing is to be done)."""
+    result = snakemake(root, "--dry-run", "--cores", "2", "--quiet", "rules")
+    out = result.stdout + result.stderr
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m[1] != "total"}
+
+
+@pytest.mark.slow
+def test_extraction_settings_rerun_exactly_what_they_change(finished_grid, tmp_path):
+    """Settings that change features give a new store (extraction + every AL job + aggregation
+    rerun); those that do not (batch size, workers, shards, resources) rerun nothing."""
+    root = tmp_path / "grid"
+    shutil.copytree(finished_grid, root)
+    unchanged = {"batch_size": 7, "num_workers": 0, "shards": 3, "resources": {"threads": 1}}
+    write_config(root, extract={"image_size": None, **unchanged})
+    assert planned_jobs(root) == {}
+    every_job = {"extract_features": 1, "active_learning": 2, "aggregate": 1, "plot_figures": 1}
+    for setting in ({"image_size": 64}, {"dtype": "float32"}, {"compile": True}):
+        write_config(root, extract={"image_size": None, **setting})
+        assert planned_jobs(root) == {**every_job, "all": 1}, setting
+    write_config(root, extract={"image_size": 64, "shards": 2})
+    assert planned_jobs(root) == {
+        **every_job,
+        "extract_features": 2,
+        "finalize_features": 1,
+        "all": 1,
+    }
+
+
 @pytest.mark.slow
 def test_kill_mid_grid_then_rerun_equals_uninterrupted(finished_grid, tmp_path):
     make_grid(tmp_path, rounds_per_job=2)
