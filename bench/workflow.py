@@ -4,11 +4,11 @@
     python bench/workflow.py overhead     what one AL job costs beyond its rounds (median of 3)
     python bench/workflow.py dryrun       paper grid dry runs (rounds_per_job null, 1)
 
-`grid` uses the default feature store (results/features/mobilenet_v2/animal_mnist@112px.zarr, extracted
-first when missing), runs every run of the default grid (alfm.pipeline.Grid, as the workflow
-expands it) once in this process (run_active_learning, one after the other) and once through
-`snakemake runs --cores N` in a fresh results folder, and prints both wall times, their ratio
-(goal <= 1.3) and the load average.
+`grid` uses the default feature store (results/features/mobilenet_v2/animal_mnist@112px.zarr,
+extracted first when missing), runs every run of the default grid (alfm.pipeline.Grid, as the
+workflow expands it) once in this process (run_active_learning, one after the other) and once
+through `snakemake runs --cores N` in a fresh results folder, and prints both wall times, their
+ratio (goal <= 1.3) and the load average.
 """
 
 from __future__ import annotations
@@ -73,7 +73,11 @@ def default_grid(**overrides) -> tuple:
     if not store.exists():
         from alfm.extract import extract_features
 
-        extract_features(grid.models[model], grid.datasets[dataset], store)
+        extract = grid.config["extract"]
+        extract_features(
+            grid.models[model], grid.datasets[dataset], store, image_size=extract["image_size"]
+        )
+    Path(grid.store_done(model, dataset)).touch()  # what the extraction job leaves
     return grid, model, dataset
 
 
@@ -110,8 +114,10 @@ def bench_grid(cores: int, seeds: list[int] | None, one_job_per_run: bool) -> di
 
 
 def bench_overhead(repeats: int = 3) -> dict:
-    """Median wall seconds of: a bare interpreter, `import torch`, the run engine's imports, and
-    an `alfm advance` job of a finished run of the default store (process start, imports, store
+    """Median wall seconds of: a bare interpreter, `import torch`, the run engine's imports,
+    loading the default store (both splits, after the imports), the workflow's parse and DAG
+    (`snakemake -n` of the default grid: once per local run, once per job on a cluster), and an
+    `alfm advance` job of a finished run of the default store (process start, imports, store
     open, checkpoint load, publishing: everything a job costs beyond computing rounds)."""
 
     def median_seconds(command: list[str]) -> float:
@@ -131,10 +137,25 @@ def bench_overhead(repeats: int = 3) -> dict:
         ]  # fmt: skip
         subprocess.run(job, check=True, capture_output=True)  # computes the run once
         python = [sys.executable, "-c"]
+        store = grid.store_path(model, dataset)
+        load_store = (
+            "import time; from alfm.store import open_store; t = time.perf_counter(); "
+            f"s = open_store({store!r}); s.load('train'); s.load('test'); "
+            "print(time.perf_counter() - t)"
+        )
+        store_s = [float(subprocess.check_output([*python, load_store])) for _ in range(repeats)]
+        config = Path(tmp) / "grid.yaml"
+        config.write_text(yaml.safe_dump({"features": str(FEATURES)}))
+        parse = [
+            snakemake(Path(tmp) / "parse", config, "-n", "--cores", "1", "--quiet", "runs")
+            for _ in range(repeats)
+        ]
         return {
             "python_s": median_seconds([*python, "pass"]),
             "import_torch_s": median_seconds([*python, "import torch"]),
             "import_engine_s": median_seconds([*python, "import alfm.run, alfm.strategies"]),
+            "store_load_s": round(statistics.median(store_s), 2),
+            "workflow_parse_dag_s": round(statistics.median(parse), 2),
             "finished_job_s": median_seconds(job),
             "load": load(),
         }
