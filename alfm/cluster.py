@@ -5,7 +5,7 @@ memory than any node of the partition has, ``PartitionTimeLimit`` for a runtime 
 ``MaxTime``), or ``sbatch`` refuses it (``Invalid generic resource`` for a GPU on a cluster
 without GPUs), while Snakemake waits without a word. :func:`check_requests` compares what each
 job asks for with the partitions ``sinfo`` and ``scontrol`` describe and raises one error that
-names every such rule, the resource, where it is set and what the partition has. The workflow
+names every such job (its rule or group), the resource, where it is set and what the partition has. The workflow
 calls it when it starts with the SLURM executor (workflow/rules/common.smk).
 """
 
@@ -22,11 +22,12 @@ _GPU = re.compile(r"^gpu(?::[^:(]+)?:(\d+)")
 
 @dataclass(frozen=True)
 class Request:
-    """What one rule's jobs ask SLURM for: ``cpus`` (``--cpus-per-task``), ``mem_mb``
-    (``--mem``), ``gpus``, ``runtime`` in minutes, ``partition`` (None: the default one);
-    ``where`` says where the user sets them (for the message)."""
+    """What a job asks SLURM for: ``cpus`` (``--cpus-per-task``), ``mem_mb`` (``--mem``),
+    ``gpus``, ``runtime`` in minutes, ``partition`` (None: the default one). ``job`` names it in
+    the message (``rule extract_features``, ``group job al (4 active_learning jobs)``) and
+    ``where`` says where the user sets its resources."""
 
-    rule: str
+    job: str
     cpus: int = 1
     mem_mb: int | None = None
     gpus: int = 0
@@ -136,7 +137,7 @@ def never_starts(request: Request, partitions: Mapping[str, Partition]) -> str |
         found = [p for p in partitions.values() if p.default]
         if not found:
             return (
-                f"rule {request.rule} names no slurm_partition and the cluster has no default "
+                f"{request.job} names no slurm_partition and the cluster has no default "
                 f"partition; set slurm_partition (one of {', '.join(sorted(partitions))}) in the "
                 "profile's default-resources"
             )
@@ -145,7 +146,7 @@ def never_starts(request: Request, partitions: Mapping[str, Partition]) -> str |
         partition = partitions[request.partition]
     else:
         return (
-            f"rule {request.rule} asks for partition {request.partition!r}, which the cluster "
+            f"{request.job} asks for partition {request.partition!r}, which the cluster "
             f"does not have (it has {', '.join(sorted(partitions))})"
         )
     where = f"set in {request.where}"
@@ -154,18 +155,18 @@ def never_starts(request: Request, partitions: Mapping[str, Partition]) -> str |
         has = f"{partition.gpus} GPUs per node" if partition.gpus else "no GPUs"
         fix = "; set gpu: 0 for a CPU-only partition" if not partition.gpus else ""
         return (
-            f"rule {request.rule} asks for {request.gpus} GPU(s) per job (gpu, {where}) but "
+            f"{request.job} asks for {request.gpus} GPU(s) per job (gpu, {where}) but "
             f"{name} has {has} (sbatch: Invalid generic resource){fix}"
         )
     if request.cpus > partition.cpus:
         return (
-            f"rule {request.rule} asks for {request.cpus} CPUs per job (threads, {where}) but "
+            f"{request.job} asks for {request.cpus} CPUs per job (threads, {where}) but "
             f"the largest node of {name} has {partition.cpus}; SLURM would leave it pending for "
             "ever (PartitionConfig)"
         )
     if request.mem_mb is not None and request.mem_mb > partition.mem_mb:
         return (
-            f"rule {request.rule} asks for {request.mem_mb} MB per job (mem_mb, {where}) but "
+            f"{request.job} asks for {request.mem_mb} MB per job (mem_mb, {where}) but "
             f"the largest node of {name} has {partition.mem_mb} MB; SLURM would leave it pending "
             "for ever (PartitionConfig)"
         )
@@ -175,7 +176,7 @@ def never_starts(request: Request, partitions: Mapping[str, Partition]) -> str |
         and request.runtime > partition.max_minutes
     ):
         return (
-            f"rule {request.rule} asks for {request.runtime} minutes per job (runtime, {where}) "
+            f"{request.job} asks for {request.runtime} minutes per job (runtime, {where}) "
             f"but {name} allows {partition.max_minutes}; SLURM would leave it pending for ever "
             "(PartitionTimeLimit)"
         )

@@ -67,25 +67,25 @@ def test_partitions_take_the_largest_node_within_the_per_node_limits():
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (Request("a", cpus=4, mem_mb=15000), None),
-        (Request("a", cpus=48, gpus=8, runtime=2880, partition="gpu"), None),
+        (Request("rule a", cpus=4, mem_mb=15000), None),
+        (Request("rule a", cpus=48, gpus=8, runtime=2880, partition="gpu"), None),
         (
-            Request("extract", cpus=8, where="extract.resources"),
+            Request("rule extract", cpus=8, where="extract.resources"),
             "rule extract asks for 8 CPUs per job (threads, set in extract.resources) but the "
             "largest node of partition 'cpu' has 4; SLURM would leave it pending for ever "
             "(PartitionConfig)",
         ),
         (
-            Request("extract", gpus=1),
+            Request("rule extract", gpus=1),
             "rule extract asks for 1 GPU(s) per job (gpu, set in the profile's set-resources) "
             "but partition 'cpu' has no GPUs (sbatch: Invalid generic resource); set gpu: 0 for "
             "a CPU-only partition",
         ),
-        (Request("a", gpus=9, partition="gpu"), "partition 'gpu' has 8 GPUs per node"),
-        (Request("a", cpus=49, partition="gpu"), "the largest node of partition 'gpu' has 48"),
-        (Request("a", mem_mb=16000), "asks for 16000 MB per job (mem_mb"),
-        (Request("a", runtime=2881, partition="gpu"), "allows 2880; SLURM would leave it"),
-        (Request("a", partition="big"), "partition 'big', which the cluster does not have"),
+        (Request("rule a", gpus=9, partition="gpu"), "partition 'gpu' has 8 GPUs per node"),
+        (Request("rule a", cpus=49, partition="gpu"), "the largest node of partition 'gpu' has 48"),
+        (Request("rule a", mem_mb=16000), "asks for 16000 MB per job (mem_mb"),
+        (Request("rule a", runtime=2881, partition="gpu"), "allows 2880; SLURM would leave it"),
+        (Request("rule a", partition="big"), "partition 'big', which the cluster does not have"),
     ],
 )
 def test_a_request_slurm_could_never_start_names_rule_and_resource(request_, message):
@@ -94,17 +94,17 @@ def test_a_request_slurm_could_never_start_names_rule_and_resource(request_, mes
 
 
 def test_check_requests_lists_every_problem_once():
-    requests = [Request("a", cpus=8), Request("a", cpus=8), Request("b", gpus=1), Request("c")]
+    requests = [Request("rule a", cpus=8), Request("rule a", cpus=8), Request("rule b", gpus=1), Request("rule c")]
     with pytest.raises(ValueError) as error:
         check_requests(requests, PARTITIONS)
     problems = str(error.value).split("; rule ")
     assert len(problems) == 2 and problems[0].startswith("rule a asks for 8 CPUs")
-    check_requests([Request("c")], PARTITIONS)
+    check_requests([Request("rule c")], PARTITIONS)
 
 
 def test_no_default_partition_asks_for_one():
     partitions = parse_partitions("gpu|4|1000|gpu:1\n", "")
-    assert "names no slurm_partition" in never_starts(Request("a"), partitions)
+    assert "names no slurm_partition" in never_starts(Request("rule a"), partitions)
 
 
 def test_slurm_partitions_reads_sinfo_and_scontrol_and_names_a_failing_command():

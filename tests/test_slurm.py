@@ -134,27 +134,44 @@ def test_whole_workflow_on_slurm_equals_the_local_run(cluster, home, tmp_path):
     assert (remote / "results" / "figures" / "learning_curves.pdf").exists()
 
 
+CPUS = os.cpu_count() or 1
+
+
 @pytest.mark.parametrize(
-    ("resources", "message"),
+    ("overrides", "message"),
     [
         (
-            {"threads": (os.cpu_count() or 1) + 1},
-            f"rule extract_features asks for {(os.cpu_count() or 1) + 1} CPUs per job (threads, "
-            "set in extract.resources of the config) but the largest node of partition 'debug' "
-            f"has {os.cpu_count()}; SLURM would leave it pending for ever (PartitionConfig)",
+            {"extract": {"resources": {"threads": CPUS + 1}}},
+            f"rule extract_features asks for {CPUS + 1} CPUs per job (threads, set in "
+            "extract.resources of the config) but the largest node of partition 'debug' has "
+            f"{CPUS}; SLURM would leave it pending for ever (PartitionConfig)",
         ),
         (
-            {"gpu": 1},
+            {"extract": {"resources": {"gpu": 1}}},
             "rule extract_features asks for 1 GPU(s) per job (gpu, set in extract.resources of "
             "the config) but partition 'debug' has no GPUs (sbatch: Invalid generic resource); "
             "set gpu: 0 for a CPU-only partition",
         ),
+        (
+            # one job per run, 2 x CPUS runs: profiles/default groups up to 8 in one allocation
+            {"one_job_per_run": True, "seeds": list(range(1, CPUS + 1))},
+            f"group job al ({min(8, 2 * CPUS)} active_learning jobs) asks for "
+            f"{min(8, 2 * CPUS)} CPUs per job (threads, set in the profile's group-components "
+            f"and set-resources) but the largest node of partition 'debug' has {CPUS}",
+        ),
     ],
 )
 def test_a_job_slurm_could_never_start_fails_before_submission(
-    cluster, home, tmp_path, resources, message
+    cluster, home, tmp_path, overrides, message
 ):
-    write_grid(tmp_path, resources={**GRID["extract"]["resources"], **resources})
+    if overrides.get("one_job_per_run") and min(8, 2 * CPUS) <= CPUS:
+        pytest.skip("a group of 8 AL jobs fits this node")
+    overrides = dict(overrides)
+    extract = overrides.pop("extract", {})
+    resources = {**GRID["extract"]["resources"], **extract.get("resources", {})}
+    write_grid(tmp_path, resources=resources)
+    config = yaml.safe_load((tmp_path / "grid.yaml").read_text())
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({**config, **overrides}))
     start = time.perf_counter()
     result = on_slurm(cluster, home, tmp_path, timeout=300)
     seconds = time.perf_counter() - start

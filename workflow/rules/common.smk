@@ -88,29 +88,45 @@ RESOURCES_SET_IN = {"extract_features": "extract.resources of the config"}
 
 
 def slurm_requests() -> list:
-    """What each rule's jobs that are about to run ask SLURM for (alfm.cluster.Request), as the
-    SLURM executor will submit them (threads or cpus_per_task, mem_mb, gpu or gres, runtime,
-    slurm_partition), after every profile and command-line override."""
-    from alfm.cluster import Request, node_gpus
+    """What each job (or group job) about to run asks SLURM for (alfm.cluster.Request), after
+    every profile and command-line override, with the SLURM executor's own CPU and GPU logic.
+    """
+    from snakemake_executor_plugin_slurm.partitions import (
+        get_job_cpu_requirement,
+        parse_gpu_requirements,
+    )
+
+    from alfm.cluster import Request
 
     requests = set()
-    for job in workflow.dag.needrun_jobs():
-        if job.is_local:
+    for job in workflow.dag.get_jobs_or_groups():
+        members = list(job.jobs) if job.is_group() else [job]
+        if job.is_local or not any(workflow.dag.needrun(j) for j in members):
             continue
+        names = sorted({j.rule.name for j in members})
+        if job.is_group():
+            counts = ", ".join(
+                f"{sum(j.rule.name == n for j in members)} {n} jobs" for n in names
+            )
+            label = f"group job {job.groupid} ({counts})"
+            where = "the profile's group-components and set-resources"
+        else:
+            label = f"rule {names[0]}"
+            where = RESOURCES_SET_IN.get(names[0], "the profile's set-resources")
+        cpus, per = get_job_cpu_requirement(job)
+        gpus = parse_gpu_requirements(job)[0]
         res = job.resources
-        name = job.rule.name
-        gres = node_gpus(str(res.get("gres") or ""))
         request = Request(
-            name,
-            cpus=int(res.get("cpus_per_task") or job.threads),
+            label,
+            cpus=cpus * gpus if per == "gpu" else cpus,
             mem_mb=res.get("mem_mb"),
-            gpus=int(res.get("gpu") or gres),
+            gpus=gpus,
             runtime=res.get("runtime"),
             partition=res.get("slurm_partition"),
-            where=RESOURCES_SET_IN.get(name, "the profile's set-resources"),
+            where=where,
         )
         requests.add(request)
-    return sorted(requests, key=lambda r: r.rule)
+    return sorted(requests, key=lambda r: r.job)
 
 
 def check_slurm() -> None:
