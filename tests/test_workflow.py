@@ -340,5 +340,6 @@ def test_the_test_grid_runs_as_ci_runs_it(tmp_path):
     table = pd.read_parquet(root / "results" / "tables" / "runs.parquet")
     assert sorted(table["arm"].unique()) == ["margins", "probcover", "random"]
     assert len(table) == 3 * 2 * 3 and table["run_complete"].all()
-    assert (root / "results" / "features" / "mobilenet_v2" / "digits.zarr").is_dir()
+    store = root / "results" / "features" / "mobilenet_v2" / "digits@32px.zarr"
+    assert store.is_dir() and store.with_name("digits@32px.zarr.done").exists()
     assert (root / "results" / "figures" / "learning_curves.pdf").exists()
