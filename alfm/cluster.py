@@ -5,8 +5,8 @@ memory than any node of the partition has, ``PartitionTimeLimit`` for a runtime 
 ``MaxTime``), or ``sbatch`` refuses it (``Invalid generic resource`` for a GPU on a cluster
 without GPUs), while Snakemake waits without a word. :func:`check_requests` compares what each
 job asks for with the partitions ``sinfo`` and ``scontrol`` describe and raises one error that
-names every such job (its rule or group), the resource, where it is set and what the partition has. The workflow
-calls it when it starts with the SLURM executor (workflow/rules/common.smk).
+names every such job (its rule or group), the resource, where it is set and what the partition
+has. The workflow calls it when it starts with the SLURM executor (workflow/rules/common.smk).
 """
 
 from __future__ import annotations

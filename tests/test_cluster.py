@@ -94,7 +94,8 @@ def test_a_request_slurm_could_never_start_names_rule_and_resource(request_, mes
 
 
 def test_check_requests_lists_every_problem_once():
-    requests = [Request("rule a", cpus=8), Request("rule a", cpus=8), Request("rule b", gpus=1), Request("rule c")]
+    twice = [Request("rule a", cpus=8), Request("rule a", cpus=8)]
+    requests = [*twice, Request("rule b", gpus=1), Request("rule c")]
     with pytest.raises(ValueError) as error:
         check_requests(requests, PARTITIONS)
     problems = str(error.value).split("; rule ")
