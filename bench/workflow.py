@@ -147,7 +147,9 @@ def bench_overhead(repeats: int = 3) -> dict:
         config = Path(tmp) / "grid.yaml"
         config.write_text(yaml.safe_dump({"features": str(FEATURES)}))
         parse = [
-            snakemake(Path(tmp) / "parse", config, "-n", "--cores", "1", "--quiet", "runs")
+            snakemake(
+                Path(tmp) / "parse", config, "-n", "--cores", "1", "--quiet", "all", "--", "runs"
+            )
             for _ in range(repeats)
         ]
         return {
