@@ -3,6 +3,8 @@
     python bench/workflow.py grid [--cores N] [--seeds 1 10 100] [--one-job-per-run]
     python bench/workflow.py overhead     what one AL job costs beyond its rounds (median of 3)
     python bench/workflow.py dryrun       paper grid dry runs (rounds_per_job null, 1)
+    python bench/workflow.py phases LOG   a Snakemake log's wall time per stage: store
+                                          (extraction), runs (AL jobs), aggregation
 
 `grid` uses the default feature store (results/features/mobilenet_v2/animal_mnist@112px.zarr,
 extracted first when missing), runs every run of the default grid (alfm.pipeline.Grid, as the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -177,6 +180,39 @@ def bench_dryrun() -> dict:
     return out
 
 
+STAGES = {
+    "store": ("extract_features", "finalize_features"),
+    "runs": ("active_learning",),
+    "aggregation": ("aggregate", "plot_figures"),
+}
+
+
+def bench_phases(log: Path) -> dict:
+    """Wall seconds of each stage in a Snakemake log (`.snakemake/log/*.snakemake.log`): from
+    the first start of one of its rules' jobs to the last finish."""
+    from datetime import datetime
+
+    stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$")
+    now, rule, starts, ends, rules = None, None, {}, {}, {}
+    for line in log.read_text().splitlines():
+        if m := stamp.match(line):
+            now = datetime.strptime(m[1], "%a %b %d %H:%M:%S %Y")
+        elif m := re.match(r"^\s*(?:local)?rule (\w+):$", line):
+            rule = m[1]
+        elif (m := re.match(r"^\s+jobid: (\d+)$", line)) and rule:
+            rules[m[1]], starts[m[1]] = rule, now
+        elif m := re.match(r"^Finished job(?:id:)? (\d+)", line):
+            ends[m[1]] = now
+    out = {}
+    for stage, names in STAGES.items():
+        jobs = [j for j, r in rules.items() if r in names and j in ends]
+        if jobs:
+            span = max(ends[j] for j in jobs) - min(starts[j] for j in jobs)
+            out[f"{stage}_s"] = span.total_seconds()
+            out[f"{stage}_jobs"] = len(jobs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -186,10 +222,13 @@ def main() -> None:
     grid.add_argument("--one-job-per-run", action="store_true")
     sub.add_parser("overhead")
     sub.add_parser("dryrun")
+    sub.add_parser("phases").add_argument("log", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.what == "grid":
         result = bench_grid(args.cores, args.seeds, args.one_job_per_run)
+    elif args.what == "phases":
+        result = bench_phases(args.log)
     else:
         result = bench_overhead() if args.what == "overhead" else bench_dryrun()
     print(json.dumps(result, indent=2))
