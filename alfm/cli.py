@@ -23,7 +23,11 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default="mobilenet_v2", help="backbone name (alfm list models)")
     parser.add_argument("--dataset", default="animal_mnist", help="dataset (alfm list datasets)")
     parser.add_argument("--root", help="local files of the dataset, where it needs them")
-    parser.add_argument("--out", help="store path (default results/features/MODEL/DATASET.zarr)")
+    parser.add_argument(
+        "--out",
+        help="store path (default results/features/MODEL/DATASET.zarr, DATASET@112px.zarr with "
+        "--image-size 112: the workflow's path)",
+    )
     parser.add_argument("--model-dir", help="weights folder (default $ALFM_MODEL_DIR)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, help="DataLoader workers (default: cores - 1)")
@@ -65,9 +69,10 @@ def add_extract(sub: argparse._SubParsersAction) -> None:
 
         try:
             if args.finalize:
-                path = finalize_store(
-                    args.out or default_store_path(args.model, args.dataset), args.shards
-                )
+                settings = {"image_size": args.image_size, "dtype": args.dtype}
+                settings |= {"device": args.device, "decode": args.decode, "compile": args.compile}
+                default = default_store_path(args.model, args.dataset, **settings)
+                path = finalize_store(args.out or default, args.shards)
             else:
                 path = extract_features(
                     args.model,

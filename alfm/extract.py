@@ -44,7 +44,7 @@ from alfm.backbones import Backbone, create_backbone
 from alfm.datasets import ArraySplit, FileSplit, create_dataset
 from alfm.decoding import DecodeCounts, EncodedBatch, EncodedSamples, decode_batch
 from alfm.devices import resolve_device
-from alfm.pipeline import path_name
+from alfm.pipeline import path_name, store_tag
 from alfm.preprocess import BatchTransform
 from alfm.store import DEFAULT_CHUNK_ROWS, SKIPPED_LABEL, SPLITS, Shard, StoreWriter
 
@@ -52,10 +52,13 @@ DEFAULT_BATCH_SIZE = 128
 DECODE_MODES = ("auto", "cpu", "gpu")
 
 
-def default_store_path(model: str, dataset: str, base: str | Path = "results/features") -> Path:
-    """``<base>/<model>/<dataset>.zarr`` with the names' :func:`alfm.pipeline.path_name`, where
-    the workflow keeps the store."""
-    return Path(base) / path_name(model) / f"{path_name(dataset)}.zarr"
+def default_store_path(
+    model: str, dataset: str, base: str | Path = "results/features", **settings: Any
+) -> Path:
+    """``<base>/<model>/<dataset><tag>.zarr`` with the names' :func:`alfm.pipeline.path_name`
+    and the :func:`alfm.pipeline.store_tag` of the extraction ``settings`` (``image_size``,
+    ``dtype``, ``device``, ``decode``, ``compile``): where the workflow keeps the store."""
+    return Path(base) / path_name(model) / f"{path_name(dataset)}{store_tag(settings)}.zarr"
 
 
 def default_workers() -> int:
@@ -112,7 +115,8 @@ def extract_features(
     process), ``cpu`` by PIL in the workers, ``auto`` on the device when it is CUDA. Other
     images are always decoded by PIL. ``compile``: ``torch.compile`` the model (its compile time
     is recorded apart from the extraction time). ``shard``: ``"i/N"`` extracts shard i of N only
-    and leaves the store incomplete until :func:`finalize_store`. Returns the store path.
+    (on the GPU of :func:`shard_device`) and leaves the store incomplete until
+    :func:`finalize_store`. Returns the store path.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -121,8 +125,11 @@ def extract_features(
     if decode not in DECODE_MODES:
         raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     part = Shard.parse(shard) if isinstance(shard, str) else shard or Shard()
-    out = Path(out) if out is not None else default_store_path(model, dataset)
-    dev = resolve_device(device)
+    if out is None:
+        settings = {"image_size": image_size, "dtype": dtype, "device": device}
+        out = default_store_path(model, dataset, decode=decode, compile=compile, **settings)
+    out = Path(out)
+    dev = shard_device(resolve_device(device), part)
     backbone = create_backbone(
         model, model_dir=model_dir, random_init=random_init, image_size=image_size
     )
@@ -160,6 +167,15 @@ def extract_features(
     if shard is None:
         finalize_store(out)
     return out
+
+
+def shard_device(device: torch.device, shard: Shard) -> torch.device:
+    """The GPU of ``shard`` when ``device`` is CUDA without an index: shard i of N takes visible
+    GPU i mod the GPUs visible, so shards started at once on a multi-GPU node share them out (a
+    SLURM allocation sees its own GPU only: the first)."""
+    if device.type != "cuda" or device.index is not None or shard.count == 1:
+        return device
+    return torch.device("cuda", shard.index % torch.cuda.device_count())
 
 
 def finalize_store(path: str | Path, shards: int | None = None) -> Path:

@@ -8,7 +8,9 @@ and rules that call the ``alfm`` command line.
 
 Layout under ``results`` (config key ``results``; :data:`RUN_FILE` and :data:`STATE_DIR`):
 
-- ``features/{model}/{dataset}.zarr``: the feature store (config key ``features`` moves it);
+- ``features/{model}/{dataset}{tag}.zarr``: the feature store (config key ``features`` moves it;
+  ``{tag}`` is :func:`store_tag` of the extraction settings), with ``.done`` beside it once
+  complete (and ``.shard{i}of{N}.done`` per shard with ``extract.shards: N``);
 - ``runs/{model}/{dataset}/{arm}/seed{seed}/upto{round}.parquet`` (+ ``.indices.npz``): rounds
   1..round of a run, one pair per job that advanced it;
 - ``state/{model}/{dataset}/{arm}/seed{seed}/{key}/run.parquet`` (+ ``.ckpt``,
@@ -45,13 +47,27 @@ RUN_FILE = RUN_DIR + "/upto{round}.parquet"
 STATE_DIR = "state/{model}/{dataset}/{arm}/seed{seed}"
 INDICES_SUFFIX = ".indices.npz"
 _RUN_FILE_NAME = re.compile(r"upto(\d+)\.parquet")
-#: Keys of the config's ``extract`` mapping and the ``alfm extract`` flag each one sets.
+#: Keys of the config's ``extract`` mapping and the ``alfm extract`` flag each one sets (``compile``
+#: is a switch); ``shards`` and ``resources`` shape the workflow's jobs instead.
 EXTRACT_FLAGS = {
     "batch_size": "--batch-size",
     "num_workers": "--workers",
     "dtype": "--dtype",
     "device": "--device",
     "image_size": "--image-size",
+    "decode": "--decode",
+    "compile": "--compile",
+}
+#: The ``extract`` settings that change the features, with alfm's defaults: a store's path names
+#: those that differ from them (:func:`store_tag`), so changing one extracts a new store and reruns
+#: the runs on it. The others (``batch_size``, ``num_workers``, ``shards``, ``resources``) only
+#: decide how the same chunks are computed.
+FEATURE_SETTINGS = {
+    "image_size": None,
+    "dtype": "float16",
+    "device": "auto",
+    "decode": "auto",
+    "compile": False,
 }
 
 
@@ -126,6 +142,27 @@ class Arm:
     init: str = "random"
     init_params: Mapping[str, Any] = field(default_factory=dict)
     run: Mapping[str, Any] = field(default_factory=dict)
+
+
+def store_tag(extract: Mapping[str, Any]) -> str:
+    """What a store's path adds to ``{dataset}`` for the :data:`FEATURE_SETTINGS` of the config's
+    ``extract`` that differ from alfm's defaults: ``""`` for none, else ``@`` and the values
+    joined by ``-`` (``@112px``, ``@112px-float32-cpu-decode_gpu-compiled``). ``@`` never occurs
+    in a path name, so the tag cannot be mistaken for part of a dataset's name."""
+    parts = []
+    for key, default in FEATURE_SETTINGS.items():
+        value = extract.get(key, default)
+        if value == default:
+            continue
+        if key == "image_size":
+            parts.append(f"{value}px")
+        elif key == "decode":
+            parts.append(f"decode_{value}")
+        elif key == "compile":
+            parts.append("compiled")
+        else:
+            parts.append(str(value))
+    return "@" + "-".join(parts) if parts else ""
 
 
 def strategy_entries(config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -321,9 +358,31 @@ class Grid:
         """The seeds one AL job advances: its own with ``one_job_per_run``, else every seed."""
         return [seed] if seed is not None else self.seeds
 
+    @property
+    def extract_shards(self) -> int:
+        """Extraction jobs per (model, dataset) (``extract.shards``)."""
+        return int(self.config["extract"].get("shards", 1))
+
+    @property
+    def extract_resources(self) -> dict[str, int]:
+        """What one extraction job asks the scheduler for (``extract.resources``): ``gpu``,
+        ``threads``, ``mem_mb``, ``runtime`` (minutes)."""
+        return dict(self.config["extract"]["resources"])
+
     def store_path(self, model: str, dataset: str) -> str:
-        """The feature store of (model, dataset)."""
-        return f"{self.features}/{model}/{dataset}.zarr"
+        """The feature store of (model, dataset) with the config's extraction settings
+        (``{dataset}`` + :func:`store_tag` + ``.zarr``)."""
+        return f"{self.features}/{model}/{dataset}{store_tag(self.config['extract'])}.zarr"
+
+    def store_done(self, model: str, dataset: str) -> str:
+        """The flag the extraction of (model, dataset) leaves once its store is complete: what AL
+        jobs depend on (a store directory cannot be the output of several shard jobs)."""
+        return f"{self.store_path(model, dataset)}.done"
+
+    def shard_done(self, model: str, dataset: str, shard: int | str) -> str:
+        """The flag shard ``shard`` of :attr:`extract_shards` leaves once its chunks are
+        written."""
+        return f"{self.store_path(model, dataset)}.shard{shard}of{self.extract_shards}.done"
 
     def run_path(self, model: str, dataset: str, arm: str, seed: int | str, upto: int | str) -> str:
         """The Parquet holding rounds 1..upto of a run (its indices: + :data:`INDICES_SUFFIX`)."""
@@ -378,8 +437,9 @@ class Grid:
     def job_inputs(
         self, model: str, dataset: str, arm: str, seeds: Sequence[int | str], upto: int
     ) -> dict[str, Any]:
-        """An AL job's inputs: the feature store and the previous job's records of each run."""
-        inputs: dict[str, Any] = {"features": self.store_path(model, dataset)}
+        """An AL job's inputs: the flag of the complete feature store (:meth:`store_done`) and the
+        previous job's records of each run."""
+        inputs: dict[str, Any] = {"features": self.store_done(model, dataset)}
         before = self.previous_round(upto)
         if before is not None:
             inputs["previous"] = [self.run_path(model, dataset, arm, s, before) for s in seeds]
@@ -393,17 +453,22 @@ class Grid:
         return json.dumps(configs, sort_keys=True)
 
     def extract_arguments(self, model: str, dataset: str) -> str:
-        """The ``alfm extract`` arguments of (model, dataset), shell-quoted: names, data root,
-        weights folder and the config's ``extract`` settings (null keys keep alfm's default)."""
+        """The ``alfm extract`` arguments of (model, dataset), shell-quoted: names, store, data
+        root, weights folder and the config's ``extract`` settings (null keys keep alfm's
+        default)."""
         name = self.datasets[dataset]
         argv = ["--model", self.models[model], "--dataset", name]
+        argv += ["--out", self.store_path(model, dataset)]
         if self.config["data_root"]:
             argv += ["--root", f"{str(self.config['data_root']).rstrip('/')}/{name}"]
         if self.config["model_dir"]:
             argv += ["--model-dir", str(self.config["model_dir"])]
-        for key, value in self.config["extract"].items():
-            if value is not None:
-                argv += [EXTRACT_FLAGS[key], str(value)]
+        for key, flag in EXTRACT_FLAGS.items():
+            value = self.config["extract"].get(key)
+            if isinstance(value, bool):
+                argv += [flag] if value else []
+            elif value is not None:
+                argv += [flag, str(value)]
         return shlex.join(argv)
 
 

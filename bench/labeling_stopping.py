@@ -6,7 +6,8 @@ store's own train labels as the oracle, reads after each round the classifier's 
 store's test split and the stopping signals of ``alfm label status``, and prints, per signal, the
 round it fires at, the labels spent and the accuracy gap to the last round.
 
-    python bench/labeling_stopping.py --features results/features/mobilenet_v2/animal_mnist.zarr \
+    python bench/labeling_stopping.py \
+        --features results/features/mobilenet_v2/animal_mnist@112px.zarr \
         --budget 10 --rounds 20 --seeds 1 10 100
 """
 

@@ -4,9 +4,10 @@
         per-round train / evaluate / query seconds on a synthetic store (written with
         alfm.store.write_store into a temporary folder) for each strategy
     python bench/run.py --grid [--store PATH] [--seeds 1 10 100 1000 10000] [--evaluations 20]
-        every strategy x seed on the default store (results/features/mobilenet_v2/animal_mnist.zarr,
-        extracted first when missing), all runs in this process; per strategy mean ± std of the
-        final accuracy and of the normalized area under the learning curve, and the wall time
+        every strategy x seed on the default store
+        (results/features/mobilenet_v2/animal_mnist@112px.zarr, extracted first when missing),
+        all runs in this process; per strategy mean ± std of the final accuracy and of the
+        normalized area under the learning curve, and the wall time
     python bench/run.py --summarize DIR
         the same table from the complete runs under DIR (a grid's --out-dir, e.g. cut short)
 
@@ -35,7 +36,7 @@ from alfm.run import run_grid
 from alfm.store import SplitData, write_store
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_STORE = REPO / "results" / "features" / "mobilenet_v2" / "animal_mnist.zarr"
+DEFAULT_STORE = REPO / "results" / "features" / "mobilenet_v2" / "animal_mnist@112px.zarr"
 STRATEGIES = [
     "random",
     "uncertainty",

@@ -1,6 +1,6 @@
 """Sanity check of a feature store: logistic regression on its features vs on raw pixels.
 
-    python bench/sanity_features.py [--store results/features/mobilenet_v2/animal_mnist.zarr]
+    python bench/sanity_features.py [--store results/features/mobilenet_v2/animal_mnist@112px.zarr]
 
 Trains scikit-learn's LogisticRegression (standardized inputs, L2, lbfgs) on the store's train
 split and reports test accuracy, next to the same classifier on the raw pixels of the embedded
@@ -32,7 +32,7 @@ def test_accuracy(x_train, y_train, x_test, y_test, max_iter: int) -> tuple[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--store", default="results/features/mobilenet_v2/animal_mnist.zarr")
+    parser.add_argument("--store", default="results/features/mobilenet_v2/animal_mnist@112px.zarr")
     parser.add_argument("--max-iter", type=int, default=1000)
     args = parser.parse_args()
     store = open_store(args.store)

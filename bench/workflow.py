@@ -3,12 +3,14 @@
     python bench/workflow.py grid [--cores N] [--seeds 1 10 100] [--one-job-per-run]
     python bench/workflow.py overhead     what one AL job costs beyond its rounds (median of 3)
     python bench/workflow.py dryrun       paper grid dry runs (rounds_per_job null, 1)
+    python bench/workflow.py phases LOG   a Snakemake log's wall time per stage: store
+                                          (extraction), runs (AL jobs), aggregation
 
-`grid` uses the default feature store (results/features/mobilenet_v2/animal_mnist.zarr, extracted
-first when missing), runs every run of the default grid (alfm.pipeline.Grid, as the workflow
-expands it) once in this process (run_active_learning, one after the other) and once through
-`snakemake runs --cores N` in a fresh results folder, and prints both wall times, their ratio
-(goal <= 1.3) and the load average.
+`grid` uses the default feature store (results/features/mobilenet_v2/animal_mnist@112px.zarr,
+extracted first when missing), runs every run of the default grid (alfm.pipeline.Grid, as the
+workflow expands it) once in this process (run_active_learning, one after the other) and once
+through `snakemake runs --cores N` in a fresh results folder, and prints both wall times, their
+ratio (goal <= 1.3) and the load average.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -73,7 +76,11 @@ def default_grid(**overrides) -> tuple:
     if not store.exists():
         from alfm.extract import extract_features
 
-        extract_features(grid.models[model], grid.datasets[dataset], store)
+        extract = grid.config["extract"]
+        extract_features(
+            grid.models[model], grid.datasets[dataset], store, image_size=extract["image_size"]
+        )
+    Path(grid.store_done(model, dataset)).touch()  # what the extraction job leaves
     return grid, model, dataset
 
 
@@ -110,8 +117,10 @@ def bench_grid(cores: int, seeds: list[int] | None, one_job_per_run: bool) -> di
 
 
 def bench_overhead(repeats: int = 3) -> dict:
-    """Median wall seconds of: a bare interpreter, `import torch`, the run engine's imports, and
-    an `alfm advance` job of a finished run of the default store (process start, imports, store
+    """Median wall seconds of: a bare interpreter, `import torch`, the run engine's imports,
+    loading the default store (both splits, after the imports), the workflow's parse and DAG
+    (`snakemake -n` of the default grid: once per local run, once per job on a cluster), and an
+    `alfm advance` job of a finished run of the default store (process start, imports, store
     open, checkpoint load, publishing: everything a job costs beyond computing rounds)."""
 
     def median_seconds(command: list[str]) -> float:
@@ -131,10 +140,27 @@ def bench_overhead(repeats: int = 3) -> dict:
         ]  # fmt: skip
         subprocess.run(job, check=True, capture_output=True)  # computes the run once
         python = [sys.executable, "-c"]
+        store = grid.store_path(model, dataset)
+        load_store = (
+            "import time; from alfm.store import open_store; t = time.perf_counter(); "
+            f"s = open_store({store!r}); s.load('train'); s.load('test'); "
+            "print(time.perf_counter() - t)"
+        )
+        store_s = [float(subprocess.check_output([*python, load_store])) for _ in range(repeats)]
+        config = Path(tmp) / "grid.yaml"
+        config.write_text(yaml.safe_dump({"features": str(FEATURES)}))
+        parse = [
+            snakemake(
+                Path(tmp) / "parse", config, "-n", "--cores", "1", "--quiet", "all", "--", "runs"
+            )
+            for _ in range(repeats)
+        ]
         return {
             "python_s": median_seconds([*python, "pass"]),
             "import_torch_s": median_seconds([*python, "import torch"]),
             "import_engine_s": median_seconds([*python, "import alfm.run, alfm.strategies"]),
+            "store_load_s": round(statistics.median(store_s), 2),
+            "workflow_parse_dag_s": round(statistics.median(parse), 2),
             "finished_job_s": median_seconds(job),
             "load": load(),
         }
@@ -154,6 +180,39 @@ def bench_dryrun() -> dict:
     return out
 
 
+STAGES = {
+    "store": ("extract_features", "finalize_features"),
+    "runs": ("active_learning",),
+    "aggregation": ("aggregate", "plot_figures"),
+}
+
+
+def bench_phases(log: Path) -> dict:
+    """Wall seconds of each stage in a Snakemake log (`.snakemake/log/*.snakemake.log`): from
+    the first start of one of its rules' jobs to the last finish."""
+    from datetime import datetime
+
+    stamp = re.compile(r"^\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]$")
+    now, rule, starts, ends, rules = None, None, {}, {}, {}
+    for line in log.read_text().splitlines():
+        if m := stamp.match(line):
+            now = datetime.strptime(m[1], "%a %b %d %H:%M:%S %Y")
+        elif m := re.match(r"^\s*(?:local)?rule (\w+):$", line):
+            rule = m[1]
+        elif (m := re.match(r"^\s+jobid: (\d+)$", line)) and rule:
+            rules[m[1]], starts[m[1]] = rule, now
+        elif m := re.match(r"^Finished job(?:id:)? (\d+)", line):
+            ends[m[1]] = now
+    out = {}
+    for stage, names in STAGES.items():
+        jobs = [j for j, r in rules.items() if r in names and j in ends]
+        if jobs:
+            span = max(ends[j] for j in jobs) - min(starts[j] for j in jobs)
+            out[f"{stage}_s"] = span.total_seconds()
+            out[f"{stage}_jobs"] = len(jobs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -163,10 +222,13 @@ def main() -> None:
     grid.add_argument("--one-job-per-run", action="store_true")
     sub.add_parser("overhead")
     sub.add_parser("dryrun")
+    sub.add_parser("phases").add_argument("log", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.what == "grid":
         result = bench_grid(args.cores, args.seeds, args.one_job_per_run)
+    elif args.what == "phases":
+        result = bench_phases(args.log)
     else:
         result = bench_overhead() if args.what == "overhead" else bench_dryrun()
     print(json.dumps(result, indent=2))

@@ -179,7 +179,11 @@ def test_cli_on_image_folder(tmp_path, image_files, capsys, monkeypatch):
     )
     out = capsys.readouterr().out
     assert code == 0 and "train 8 × test 4 rows, dim 1280, float32" in out
-    store = open_store(tmp_path / default_store_path("mobilenet_v2", "imagefolder"))
+    store_path = tmp_path / "results/features/mobilenet_v2/imagefolder@32px-float32.zarr"
+    assert store_path == tmp_path / default_store_path(
+        "mobilenet_v2", "imagefolder", image_size=32, dtype="float32"
+    )
+    store = open_store(store_path)
     assert store.load("test").features.dtype == np.float32
     assert main(["extract", "--model", "nope", "--quiet"]) == 2
     assert "unknown backbone 'nope'" in capsys.readouterr().err
@@ -188,6 +192,10 @@ def test_cli_on_image_folder(tmp_path, image_files, capsys, monkeypatch):
 def test_default_store_path():
     assert str(default_store_path("open_clip:ViT-B-16/laion2b", "digits")) == (
         "results/features/open_clip_ViT-B-16_laion2b/digits.zarr"
+    )
+    # the workflow's path for the same settings (alfm.pipeline.store_tag)
+    assert default_store_path("m", "d", "f", image_size=112, compile=True) == Path(
+        "f/m/d@112px-compiled.zarr"
     )
 
 

@@ -55,6 +55,10 @@ CONFIG = {
         "dtype": "float16",
         "device": "auto",
         "image_size": 32,
+        "decode": "auto",
+        "compile": False,
+        "shards": 1,
+        "resources": {"gpu": 1, "threads": 8, "mem_mb": 32000, "runtime": 240},
     },
 }
 
@@ -86,8 +90,10 @@ def test_grid_expands_models_datasets_arms_and_seeds():
     }
     assert len(list(grid.runs())) == 2 * 1 * 3 * 2
     assert grid.final_run_paths()[0] == "res/runs/mobilenet_v2/digits/random/seed1/upto7.parquet"
-    assert grid.store_path("m", "d") == "res/features/m/d.zarr"
-    assert Grid.from_config(config(features="/fast/")).store_path("m", "d") == "/fast/m/d.zarr"
+    assert grid.store_path("m", "d") == "res/features/m/d@32px.zarr"
+    assert grid.store_done("m", "d") == "res/features/m/d@32px.zarr.done"
+    fast = Grid.from_config(config(features="/fast/"))
+    assert fast.store_path("m", "d") == "/fast/m/d@32px.zarr"
 
 
 def test_init_probe_and_ssl_lists_are_grid_dimensions_with_distinct_labels():
@@ -176,7 +182,7 @@ def test_one_job_advances_every_seed_unless_one_job_per_run():
 def test_job_inputs_chain_the_previous_jobs_records():
     grid = Grid.from_config(config(rounds_per_job=3))
     first = grid.job_inputs("m", "d", "dq3", [1, 10], 3)
-    assert first == {"features": "res/features/m/d.zarr"}
+    assert first == {"features": "res/features/m/d@32px.zarr.done"}
     later = grid.job_inputs("m", "d", "dq3", [1, 10], 7)
     assert later["previous"] == [
         "res/runs/m/d/dq3/seed1/upto6.parquet",
@@ -194,17 +200,54 @@ def test_run_config_of_a_job_stops_at_its_round_and_is_a_run_config():
         "dropquery",
         10,
     )
-    assert RunConfig.from_dict(run).to_dict()["features"] == "res/features/mobilenet_v2/digits.zarr"
+    features = RunConfig.from_dict(run).to_dict()["features"]
+    assert features == "res/features/mobilenet_v2/digits@32px.zarr"
 
 
 def test_extract_arguments_from_the_config():
     grid = Grid.from_config(config(model_dir="/w"))
     assert grid.extract_arguments("timm_vit_small_patch14_dinov2.lvd142m", "digits") == (
-        "--model timm:vit_small_patch14_dinov2.lvd142m --dataset digits --root data/digits "
-        "--model-dir /w --workers 2 --dtype float16 --device auto --image-size 32"
+        "--model timm:vit_small_patch14_dinov2.lvd142m --dataset digits "
+        "--out res/features/timm_vit_small_patch14_dinov2.lvd142m/digits@32px.zarr "
+        "--root data/digits --model-dir /w --workers 2 --dtype float16 --device auto "
+        "--image-size 32 --decode auto"
     )
     no_root = Grid.from_config(config(data_root=None))
     assert "--root" not in no_root.extract_arguments("mobilenet_v2", "digits")
+    compiled = Grid.from_config(config(extract={**CONFIG["extract"], "compile": True}))
+    assert compiled.extract_arguments("mobilenet_v2", "digits").endswith("--decode auto --compile")
+
+
+def extract(**settings) -> dict:
+    return config(extract={**CONFIG["extract"], **settings})
+
+
+@pytest.mark.parametrize(
+    ("settings", "tag"),
+    [
+        ({"image_size": None}, ""),
+        ({}, "@32px"),
+        ({"dtype": "float32"}, "@32px-float32"),
+        ({"device": "cpu"}, "@32px-cpu"),
+        ({"decode": "gpu"}, "@32px-decode_gpu"),
+        ({"compile": True}, "@32px-compiled"),
+        ({"image_size": None, "dtype": "float32", "compile": True}, "@float32-compiled"),
+        # how the same chunks are computed: the same store
+        ({"batch_size": 7, "num_workers": 0, "shards": 3}, "@32px"),
+        ({"resources": {"gpu": 0, "threads": 1, "mem_mb": 100, "runtime": 5}}, "@32px"),
+    ],
+)
+def test_store_path_names_exactly_the_settings_that_change_features(settings, tag):
+    grid = Grid.from_config(extract(**settings))
+    assert grid.store_path("m", "d") == f"res/features/m/d{tag}.zarr"
+    assert pipeline.store_tag(grid.config["extract"]) == tag
+
+
+def test_shards_and_resources_come_from_the_extract_config():
+    grid = Grid.from_config(extract(shards=3))
+    assert grid.extract_shards == 3
+    assert grid.shard_done("m", "d", 2) == "res/features/m/d@32px.zarr.shard2of3.done"
+    assert grid.extract_resources == CONFIG["extract"]["resources"]
 
 
 def test_registry_check_knows_registered_prefixed_and_dotted_names():
@@ -262,6 +305,7 @@ def small_grid(store: Path, results: Path, **overrides) -> Grid:
             datasets=["d"],
             strategies=strategies,
             budget=budget,
+            extract={**CONFIG["extract"], "image_size": None},  # the store's path is d.zarr
             **overrides,
         )
     )

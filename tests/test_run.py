@@ -221,6 +221,29 @@ def test_evaluate_hand_case_with_unseen_and_absent_classes() -> None:
     assert metrics["auroc"] == pytest.approx((7 / 8 + 4.5 / 8 + 1) / 3)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_evaluate_equals_scikit_learn(seed) -> None:
+    """The numpy metrics are scikit-learn's, with ties, unseen and absent classes."""
+    from sklearn import metrics
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 6, size=300)  # classes 6 and 7: absent
+    proba = rng.dirichlet(np.ones(8), size=300).round(2)  # rounded: many ties
+    pred = proba.argmax(axis=1)
+    present = np.unique(labels)
+    expected = {
+        "accuracy": metrics.accuracy_score(labels, pred),
+        "macro_f1": metrics.f1_score(
+            labels, pred, labels=present, average="macro", zero_division=0
+        ),
+        "balanced_accuracy": metrics.balanced_accuracy_score(labels, pred),
+        "auroc": metrics.roc_auc_score(
+            labels[:, None] == present[None, :], proba[:, present], average="weighted"
+        ),
+    }
+    assert evaluate(proba, labels) == pytest.approx(expected, rel=1e-12)
+
+
 def test_evaluate_single_class_auroc_is_nan() -> None:
     metrics = evaluate(np.array([[0.9, 0.1], [0.4, 0.6]]), np.array([0, 0]))
     assert metrics["accuracy"] == 0.5

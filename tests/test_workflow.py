@@ -37,6 +37,7 @@ SMALL_GRID = {
     "probe": {"max_epochs": 30},
     "rounds_per_job": None,
     "device": "cpu",
+    "extract": {"image_size": None},  # the store's path is then plain digits.zarr
 }
 
 
@@ -64,6 +65,7 @@ def make_grid(root: Path, **overrides) -> Path:
     store = root / "results" / "features" / "mobilenet_v2" / "digits.zarr"
     if not store.exists():
         write_synthetic_store(store)
+        store.with_name("digits.zarr.done").touch()  # what the extraction job leaves
     return write_config(root, **overrides)
 
 
@@ -247,6 +249,35 @@ def test_small_grid_end_to_end_and_rerun_does_nothing(finished_grid):
     assert "Nothing to be done" in again.stdout + again.stderr, again.stderr[-3000:]
 
 
+def planned_jobs(root: Path) -> dict[str, int]:
+    """Rule → job count of `snakemake -n` (empty when nothing is to be done)."""
+    result = snakemake(root, "--dry-run", "--cores", "2", "--quiet", "rules")
+    out = result.stdout + result.stderr
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.M) if m[1] != "total"}
+
+
+@pytest.mark.slow
+def test_extraction_settings_rerun_exactly_what_they_change(finished_grid, tmp_path):
+    """Settings that change features give a new store (extraction + every AL job + aggregation
+    rerun); those that do not (batch size, workers, shards, resources) rerun nothing."""
+    root = tmp_path / "grid"
+    shutil.copytree(finished_grid, root)
+    unchanged = {"batch_size": 7, "num_workers": 0, "shards": 3, "resources": {"threads": 1}}
+    write_config(root, extract={"image_size": None, **unchanged})
+    assert planned_jobs(root) == {}
+    every_job = {"extract_features": 1, "active_learning": 2, "aggregate": 1, "plot_figures": 1}
+    for setting in ({"image_size": 64}, {"dtype": "float32"}, {"compile": True}):
+        write_config(root, extract={"image_size": None, **setting})
+        assert planned_jobs(root) == {**every_job, "all": 1}, setting
+    write_config(root, extract={"image_size": 64, "shards": 2})
+    assert planned_jobs(root) == {
+        **every_job,
+        "extract_features": 2,
+        "finalize_features": 1,
+        "all": 1,
+    }
+
+
 @pytest.mark.slow
 def test_kill_mid_grid_then_rerun_equals_uninterrupted(finished_grid, tmp_path):
     make_grid(tmp_path, rounds_per_job=2)
@@ -309,5 +340,6 @@ def test_the_test_grid_runs_as_ci_runs_it(tmp_path):
     table = pd.read_parquet(root / "results" / "tables" / "runs.parquet")
     assert sorted(table["arm"].unique()) == ["margins", "probcover", "random"]
     assert len(table) == 3 * 2 * 3 and table["run_complete"].all()
-    assert (root / "results" / "features" / "mobilenet_v2" / "digits.zarr").is_dir()
+    store = root / "results" / "features" / "mobilenet_v2" / "digits@32px.zarr"
+    assert store.is_dir() and store.with_name("digits@32px.zarr.done").exists()
     assert (root / "results" / "figures" / "learning_curves.pdf").exists()
