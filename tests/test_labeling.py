@@ -298,7 +298,7 @@ def test_another_store_or_changed_ids_are_refused(
     before = folder_hash(project)
     for store, message in (
         (other.path, r"is not the store of project .*dataset: 'animal_mnist' there, 'digits' here"),
-        (renamed.path, r"train ids changed since project .* was created"),
+        (renamed.path, r"is not the store of project .*content_digest: '\w+' there"),
     ):
         assert main(["label", "next", str(project), "--features", str(store)]) == 2
         err = capsys.readouterr().err
