@@ -413,11 +413,8 @@ def _bh(p: pd.Series) -> pd.Series:
     return q
 
 
-_TEST_COLUMNS = [
-    *ID_COLUMNS,
-    "baseline",
-    "metric",
-    "n_pairs",
+#: What a paired comparison of two arms reports (see :func:`_paired_test`).
+_PAIRED_COLUMNS = [
     "mean_diff",
     "diff_ci_low",
     "diff_ci_high",
@@ -426,6 +423,8 @@ _TEST_COLUMNS = [
     "statistic",
     "p_value",
 ]
+
+_TEST_COLUMNS = [*ID_COLUMNS, "baseline", "metric", "n_pairs", *_PAIRED_COLUMNS]
 
 
 def _paired_test(a: np.ndarray, b: np.ndarray) -> tuple[str, float, float]:
@@ -456,13 +455,7 @@ _STUDY_COLUMNS = [
     "arm_mean",
     "arm_ci_low",
     "arm_ci_high",
-    "mean_diff",
-    "diff_ci_low",
-    "diff_ci_high",
-    "wins",
-    "test",
-    "statistic",
-    "p_value",
+    *_PAIRED_COLUMNS,
     "complete",
 ]
 

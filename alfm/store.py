@@ -41,6 +41,7 @@ zeros). :meth:`FeatureStore.load` leaves skipped rows out and keeps unknown ones
 
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import importlib.metadata
@@ -50,7 +51,7 @@ import platform
 import re
 import shutil
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -409,7 +410,15 @@ class StoreWriter:
                 raise FileExistsError(
                     f"{path} exists and is not a feature store; choose another --out"
                 )
-            _create_store(path, attrs, sizes, dim, dtype, chunk_rows)
+            build = functools.partial(
+                _build_empty_store,
+                attrs=attrs,
+                sizes=sizes,
+                dim=dim,
+                dtype=dtype,
+                chunk_rows=chunk_rows,
+            )
+            _create_store(path, build)
         group = _open_group(path)
         _check_same(path, dict(group.attrs), attrs)
         group = zarr.open_group(str(path), mode="r+", zarr_format=3)
@@ -546,16 +555,10 @@ class StoreWriter:
         self._group.attrs.update({**(extra_attrs or {}), **integrity, "complete": True})
 
 
-def _create_store(
-    path: Path,
-    attrs: Mapping[str, Any],
-    sizes: Mapping[str, int],
-    dim: int,
-    dtype: str,
-    chunk_rows: int,
-) -> None:
-    """Build the empty store in a private directory beside ``path`` and rename it into place;
-    when another process got there first, its store stays and this one is dropped."""
+def _create_store(path: Path, build: Callable[[Path], None]) -> None:
+    """Build the empty store (``build(staging)``) in a private directory beside ``path`` and
+    rename it into place; when another process got there first, its store stays and this one is
+    dropped."""
     prefix = f".{path.name}.creating-{socket.gethostname()}-"
     for stale in path.parent.glob(f"{glob.escape(prefix)}*"):  # left by killed creators here
         pid = stale.name.removeprefix(prefix)
@@ -564,7 +567,7 @@ def _create_store(
     staging = path.with_name(f"{prefix}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _build_empty_store(staging, attrs, sizes, dim, dtype, chunk_rows)
+        build(staging)
     except BaseException:  # a full disk, say: leave no half-built folder
         shutil.rmtree(staging, ignore_errors=True)
         raise
