@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from dataset_helpers import digits_manifest
 
-from alfm.datasets import create_dataset
 from alfm.store import UNKNOWN_LABEL, SplitData, StoreWriter, write_store
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -49,20 +48,6 @@ def _chunked(path: Path) -> Path:
 
 def _truncate(file: Path) -> None:
     file.write_bytes(file.read_bytes()[:7])
-
-
-def _manifest(folder: Path, labels: list[str], name: str) -> Path:
-    """A manifest of the first len(labels) digits images (4 train, the rest test)."""
-    images = folder / "digits"
-    images.mkdir(parents=True, exist_ok=True)
-    split = create_dataset("digits").split("train")
-    lines = ["path,label,split"]
-    for i, label in enumerate(labels):
-        Image.fromarray(split.images[i]).save(images / f"{i}.png")
-        lines.append(f"digits/{i}.png,{label},{'train' if i < 4 else 'test'}")
-    path = folder / name
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 DINO_FILE = "vit_small_patch14_dinov2.lvd142m.safetensors"
@@ -111,9 +96,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (finished / "other.parquet.ckpt").unlink()
 
     images = root / "images"
-    _manifest(images, ["a", "b", "a", "b", "a", "b"], "a.csv")
-    _manifest(images, ["b", "a", "a", "b", "b", "a"], "b.csv")
-    _manifest(images, ["a", "", "a", "b", "a", "b"], "empty_label.csv")
+    digits_manifest(images, ["a", "b", "a", "b", "a", "b"], "a.csv")
+    digits_manifest(images, ["b", "a", "a", "b", "b", "a"], "b.csv")
+    digits_manifest(images, ["a", "", "a", "b", "a", "b"], "empty_label.csv")
     extract_features("mobilenet_v2", "manifest", stores / "a.zarr", root=images / "a.csv",
                      image_size=32, num_workers=0, progress=False)  # fmt: skip
     (root / "models" / "timm").mkdir(parents=True)

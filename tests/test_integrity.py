@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from dataset_helpers import digits_manifest
 
 from alfm import pipeline
 from alfm.datasets import Dataset
@@ -90,18 +91,7 @@ def unannotated(root):
 
 def _write_manifest(folder, labels):
     """A manifest of the 6 digits images ``digits/<i>.png`` with the given labels (a/b)."""
-    from PIL import Image
-
-    from alfm.datasets import create_dataset
-
-    images = folder / "digits"
-    images.mkdir(parents=True, exist_ok=True)
-    split = create_dataset("digits").split("train")
-    lines = ["path,label,split"]
-    for i, label in enumerate(labels):
-        Image.fromarray(split.images[i]).save(images / f"{i}.png")
-        lines.append(f"digits/{i}.png,{label},{'train' if i < 4 else 'test'}")
-    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    digits_manifest(folder, labels)
     return folder
 
 
