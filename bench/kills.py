@@ -89,6 +89,17 @@ def leftovers(folder: Path) -> list[str]:
     )
 
 
+def summary(details: list[dict], seconds: float) -> dict:
+    """Counts over trials: killed mid-write, and survived (resumed equal, nothing left over)."""
+    return {
+        "trials": len(details),
+        "killed_mid_write": sum(bool(d["killed"]) for d in details),
+        "survived": sum(bool(d["same"] and not d["leftovers"]) for d in details),
+        "window_s": seconds,
+        "details": details,
+    }
+
+
 def run_trials(n: int, work: Path, rng: random.Random) -> dict:
     from alfm.run import read_indices
 
@@ -96,7 +107,7 @@ def run_trials(n: int, work: Path, rng: random.Random) -> dict:
     base = [sys.executable, "-m", "alfm", "run", "--features", str(store), *RUN_ARGS]
     reference = work / "reference.parquet"
     seconds = writing_window([*base, "--out", str(reference)], work / "reference.parquet.ckpt")
-    survived, mid, details = 0, 0, []
+    details = []
     for trial in range(n):
         folder = work / f"run{trial}"
         out = folder / "r.parquet"
@@ -112,11 +123,8 @@ def run_trials(n: int, work: Path, rng: random.Random) -> dict:
             for a, b in zip(read_indices(out), read_indices(reference), strict=True)
         )
         left = leftovers(folder)
-        survived += bool(same and not left)
-        mid += killed
         details.append({"trial": trial, "killed": killed, "same": same, "leftovers": left})
-    return {"trials": n, "killed_mid_write": mid, "survived": survived, "window_s": seconds,
-            "details": details}  # fmt: skip
+    return summary(details, seconds)
 
 
 def extraction_trials(n: int, work: Path, rng: random.Random) -> dict:
@@ -126,7 +134,7 @@ def extraction_trials(n: int, work: Path, rng: random.Random) -> dict:
     reference = work / "reference.zarr"
     seconds = writing_window([*command, str(reference)], reference)
     want = {s: open_store(reference).load(s, include_skipped=True) for s in ("train", "test")}
-    survived, mid, details = 0, 0, []
+    details = []
     for trial in range(n):
         folder = work / f"extract{trial}"
         folder.mkdir()
@@ -143,11 +151,8 @@ def extraction_trials(n: int, work: Path, rng: random.Random) -> dict:
                     for key in ("features", "labels", "ids")
                 )
         left = leftovers(folder)
-        survived += bool(same and not left)
-        mid += killed
         details.append({"trial": trial, "killed": killed, "same": same, "leftovers": left})
-    return {"trials": n, "killed_mid_write": mid, "survived": survived, "window_s": seconds,
-            "details": details}  # fmt: skip
+    return summary(details, seconds)
 
 
 def main() -> None:
