@@ -254,21 +254,25 @@ def check_names(config: Mapping[str, Any]) -> None:
     import alfm.strategies  # noqa: F401
     from alfm.registry import UnknownNameError, registry
 
-    checks = [(f"models[{i}]", "backbone", n) for i, n in enumerate(config["models"])]
-    checks += [(f"datasets[{i}]", "dataset", n) for i, n in enumerate(config["datasets"])]
-    inits = config["init"] if isinstance(config["init"], list) else [config["init"]]
-    init_keys = [
-        f"init[{j}]" if isinstance(config["init"], list) else "init" for j in range(len(inits))
-    ]
-    checks += [
-        (f"{key}.name", "strategy", init["name"])
+    # Every strategy the config names, as (config key, name, params): the entries, the grid's
+    # initial pool(s) and the entries' own.
+    grid_init = config["init"]
+    inits = grid_init if isinstance(grid_init, list) else [grid_init]
+    init_keys = (
+        [f"init[{j}]" for j in range(len(inits))] if isinstance(grid_init, list) else ["init"]
+    )
+    strategies = [
+        (key, init["name"], init.get("params", {}))
         for key, init in zip(init_keys, inits, strict=True)
     ]
-    entries = strategy_entries(config)
-    for i, entry in enumerate(entries):
-        checks.append((f"strategies[{i}].name", "strategy", entry["name"]))
+    for i, entry in enumerate(strategy_entries(config)):
+        strategies.append((f"strategies[{i}]", entry["name"], entry.get("params", {})))
         if "init" in entry:
-            checks.append((f"strategies[{i}].init.name", "strategy", entry["init"]["name"]))
+            own = entry["init"]
+            strategies.append((f"strategies[{i}].init", own["name"], own.get("params", {})))
+    checks = [(f"models[{i}]", "backbone", n) for i, n in enumerate(config["models"])]
+    checks += [(f"datasets[{i}]", "dataset", n) for i, n in enumerate(config["datasets"])]
+    checks += [(f"{key}.name", "strategy", name) for key, name, _ in strategies]
     for key, kind, name in checks:
         try:
             registry(kind).check(name)
@@ -276,17 +280,7 @@ def check_names(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"config key {key!r}: {err}") from None
     from alfm.strategies import create_strategy
 
-    made = [(f"strategies[{i}]", e["name"], e.get("params", {})) for i, e in enumerate(entries)]
-    made += [
-        (key, init["name"], init.get("params", {}))
-        for key, init in zip(init_keys, inits, strict=True)
-    ]
-    made += [
-        (f"strategies[{i}].init", e["init"]["name"], e["init"].get("params", {}))
-        for i, e in enumerate(entries)
-        if "init" in e
-    ]
-    for key, name, params in made:
+    for key, name, params in strategies:
         try:
             create_strategy(name, **params)
         except (ValueError, TypeError) as err:
