@@ -157,6 +157,68 @@ def test_kmeans_with_k_equal_n_gives_singletons():
     assert sorted(assign.tolist()) == list(range(7))
 
 
+def _near_tie_pool() -> torch.Tensor:
+    """Blobs, exact duplicates and points within float32 rounding of two blobs' bisector."""
+    g = gen(21)
+    centers = torch.randn(6, 24, generator=g) * 3
+    blobs = torch.cat([c + torch.randn(400, 24, generator=g) for c in centers])
+    middle = (centers[0] + centers[1]) / 2
+    ties = middle + 1e-6 * torch.randn(200, 24, generator=g)
+    return torch.cat([blobs, blobs[:300], ties])
+
+
+@pytest.mark.parametrize("k", [2, 7, 24, 30])  # 30 > D: no bounds (their memory)
+def test_kmeans_bounds_give_plain_lloyd(monkeypatch, k):
+    """Elkan's bounds skip rows, yet centroids and assignment equal plain Lloyd's bit for bit."""
+    x = _near_tie_pool()
+    partial = []
+    chunks = K._partial_chunks
+
+    def counting(x, centers, rows=None):
+        partial.append(rows is not None)
+        return chunks(x, centers, rows)
+
+    monkeypatch.setattr(K, "_partial_chunks", counting)
+    bounded = K.kmeans(x, k, gen(3), n_iter=30, tol=0.0)
+    assert any(partial) == (k <= x.shape[1])  # some iteration recomputed only a subset
+    monkeypatch.setattr(K, "USE_KMEANS_BOUNDS", False)
+    plain = K.kmeans(x, k, gen(3), n_iter=30, tol=0.0)
+    assert torch.equal(bounded[0], plain[0]) and torch.equal(bounded[1], plain[1])
+
+
+@pytest.mark.parametrize("offset, step", [(2e-2, 4e-2), (1e-6, 1e-6)])
+def test_lloyd_bounds_recompute_every_row_that_can_change(offset, step):
+    """Points within ±offset of the bisector of two random centroids; the first centroid then
+    moves by ``step`` and points cross over: the bounded update must equal a fresh float32
+    assignment, also where the gaps are near float32 rounding (offset 1e-6 at norm ~30)."""
+    g = gen(23)
+    d = 16
+    c = torch.randn(3, d, generator=g) * 8
+    axis = (c[1] - c[0]) / (c[1] - c[0]).norm()
+    noise = torch.randn(4000, d, generator=g) * 3
+    noise -= (noise @ axis).unsqueeze(1) * axis  # orthogonal to the axis
+    t = offset * (2 * torch.rand(4000, 1, generator=g) - 1)
+    x = (c[0] + c[1]) / 2 + noise + t * axis
+    nearest = K._LloydAssignment(x, K._sq_norms(x), c)
+    before = nearest.assign.clone()
+    moved = c.clone()
+    moved[0] += step * torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    nearest.update(moved, torch.linalg.vector_norm(moved - c, dim=1).mul_(1.0 + 1e-6))
+    expected = K.min_sq_distances(x, moved)[1]
+    assert (expected != before).sum() > 20  # assignments change
+    assert torch.equal(nearest.assign, expected)
+
+
+def test_kmeans_bounds_survive_emptied_clusters(monkeypatch):
+    """Duplicated points empty clusters (re-seeded at the farthest points): same as plain."""
+    g = gen(22)
+    x = torch.cat([torch.randn(5, 8, generator=g).repeat(40, 1), torch.randn(30, 8, generator=g)])
+    bounded = K.kmeans(x, 8, gen(4), n_iter=15, tol=0.0)
+    monkeypatch.setattr(K, "USE_KMEANS_BOUNDS", False)
+    plain = K.kmeans(x, 8, gen(4), n_iter=15, tol=0.0)
+    assert torch.equal(bounded[0], plain[0]) and torch.equal(bounded[1], plain[1])
+
+
 def test_nearest_to_centroids_and_argmin_per_group():
     x = torch.tensor([[0.0], [0.9], [2.0], [10.0], [10.2], [35.0]])
     centroids = torch.tensor([[1.0], [10.0], [50.0]])
