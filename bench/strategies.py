@@ -42,6 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402, N812
 
 from alfm.probe import Probe, train_probe  # noqa: E402
 from alfm.strategies import QueryContext, create_strategy, list_strategies, query  # noqa: E402
@@ -204,11 +205,17 @@ def skactiveml_runner(
             return out.argmax(axis=1)
 
         def sample_proba(self, X, n_samples=20, random_state=None):  # noqa: N803
+            """MC-dropout samples as a scikit-activeml user (and the reference) draws them: one
+            standard PyTorch pass per sample, ``F.dropout`` on the input, then the eval-mode
+            probe; not our fused passes and cheap masks, which are what BALD's row measures."""
             xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
-            g = torch.Generator().manual_seed(0)
-            return np.stack(
-                [probe.dropout_logits(xt, g).softmax(1).numpy() for _ in range(n_samples)]
-            ).astype(np.float64)
+            torch.manual_seed(0)
+            with torch.no_grad():
+                passes = [
+                    probe(F.dropout(xt, probe.dropout, training=True)).softmax(1).numpy()
+                    for _ in range(n_samples)
+                ]
+            return np.stack(passes).astype(np.float64)
 
     y = np.full(len(x), np.nan)
     y[labeled] = labels
