@@ -132,7 +132,13 @@ def keep_mask(
 
 
 def stacked_dropout_scales(
-    passes: int, rows: int, dim: int, rate: float, generator: torch.Generator, device: torch.device
+    passes: int,
+    rows: int,
+    dim: int,
+    rate: float,
+    generator: torch.Generator,
+    device: torch.device,
+    workspace: Tensor | None = None,
 ) -> Tensor:
     """(passes, rows, dim) inverted-dropout multipliers for ``passes`` dropout passes at once.
 
@@ -141,7 +147,8 @@ def stacked_dropout_scales(
     an entry is kept iff its bit is set in all of ``j`` random words (keep = 2^-j), and each byte
     of the AND expands to 8 multipliers through one 256-row table gather: half the gathers and no
     threshold compare of :func:`dropout_scale`'s 2-bit fields. Other rates and devices use
-    :func:`dropout_scale`.
+    :func:`dropout_scale`. The table path writes into ``workspace`` when given (see
+    :func:`dropout_workspace`): reusing one buffer across blocks saves its page faults.
     """
     shape = (passes, rows, dim)
     keep = 1.0 - rate
@@ -158,8 +165,19 @@ def stacked_dropout_scales(
         kept = kept.bitwise_and_(row)
     byte_values = torch.arange(256, dtype=torch.uint8, device=device)
     table = bit_fields(byte_values, 1).float().mul_(1.0 / keep)
-    scales = table.index_select(0, kept.view(torch.uint8).int())
+    bytes_ = kept.view(torch.uint8).int()
+    if workspace is None or workspace.numel() < 8 * bytes_.numel():
+        scales = table.index_select(0, bytes_)
+    else:
+        scales = torch.index_select(
+            table, 0, bytes_, out=workspace[: 8 * bytes_.numel()].view(-1, 8)
+        )
     return scales.view(-1)[:count].view(shape)
+
+
+def dropout_workspace(passes: int, rows: int, dim: int, device: torch.device) -> Tensor:
+    """A float32 buffer :func:`stacked_dropout_scales` can reuse for any block of ≤ ``rows``."""
+    return torch.empty(-(-passes * rows * dim // 64) * 64, device=device)
 
 
 def _dropout(x: Tensor, p: float, generator: torch.Generator) -> Tensor:
@@ -290,6 +308,7 @@ class Probe(nn.Module):
         generator: torch.Generator,
         p: float | None = None,
         folded: tuple[Tensor, Tensor] | None = None,
+        workspace: Tensor | None = None,
     ) -> Tensor:
         """(num_passes, r, C) eval-mode logits of ``num_passes`` input-dropout passes (rate ``p``,
         default the probe's own) over a float32 chunk ``x`` (r, D), the adapter (if any) then one
@@ -297,7 +316,8 @@ class Probe(nn.Module):
 
         Masks come from :func:`stacked_dropout_scales` (``generator`` on ``x``'s device), so
         they differ from ``num_passes`` calls of :meth:`chunk_logits`; same distribution. Keep
-        ``num_passes · r · D`` cache-sized (see :func:`dropout_pass_rows`).
+        ``num_passes · r · D`` cache-sized (see :func:`dropout_pass_rows`) and pass the same
+        :func:`dropout_workspace` to every block.
         """
         weight, bias = folded if folded is not None else self.folded_linear()
         rate = self.dropout if p is None else p
@@ -306,7 +326,7 @@ class Probe(nn.Module):
         rows, dim = x.shape
         if rate == 0.0:
             return matmul_nt(self.adapt(x), weight, bias).unsqueeze(0).repeat(num_passes, 1, 1)
-        scales = stacked_dropout_scales(num_passes, rows, dim, rate, generator, x.device)
+        scales = stacked_dropout_scales(num_passes, rows, dim, rate, generator, x.device, workspace)
         masked = scales.mul_(x).view(num_passes * rows, dim)
         return matmul_nt(self.adapt(masked), weight, bias).view(num_passes, rows, -1)
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from alfm.kernels import device_generator
-from alfm.probe import Probe, dropout_pass_rows
+from alfm.probe import Probe, dropout_pass_rows, dropout_workspace
 from alfm.strategies.base import (
     QueryContext,
     RankedSelection,
@@ -31,9 +31,11 @@ def mutual_information(
     gen = device_generator(generator, features.device)
     folded = probe.folded_linear()
     rows = dropout_pass_rows(num_passes, features.shape[1])
+    workspace = dropout_workspace(num_passes, rows, features.shape[1], features.device)
 
     def block_mi(xb: Tensor) -> Tensor:
-        p = probe.dropout_pass_logits(xb, num_passes, gen, folded=folded).softmax(dim=2)
+        logits = probe.dropout_pass_logits(xb, num_passes, gen, folded=folded, workspace=workspace)
+        p = logits.softmax(dim=2)
         pass_entropy = entropy(p.view(-1, p.shape[2])).view(num_passes, -1)
         return (entropy(p.mean(dim=0)) - pass_entropy.mean(dim=0)).clamp_min_(0.0)
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from alfm.kernels import device_generator, matmul_nt
-from alfm.probe import dropout_pass_rows
+from alfm.probe import dropout_pass_rows, dropout_workspace
 from alfm.strategies.base import (
     QueryContext,
     Strategy,
@@ -51,12 +51,15 @@ class DropQuery(Strategy):
         gen = device_generator(generator, features.device)
         folded = probe.folded_linear()
         rows = dropout_pass_rows(self.num_passes + 1, features.shape[1])
+        workspace = dropout_workspace(self.num_passes, rows, features.shape[1], features.device)
         n = features.shape[0]
         total = torch.empty(n, dtype=torch.int64, device=features.device)
         for start in range(0, n, rows):  # the passes of a block of rows as one product
             xb = features[start : start + rows].float()
             clean = matmul_nt(xb, *folded).argmax(dim=1)
-            dropped = probe.dropout_pass_logits(xb, self.num_passes, gen, self.dropout, folded)
+            dropped = probe.dropout_pass_logits(
+                xb, self.num_passes, gen, self.dropout, folded, workspace
+            )
             total[start : start + rows] = (dropped.argmax(dim=2) != clean).sum(dim=0)
         return total
 
