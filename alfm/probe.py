@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -329,6 +330,67 @@ class Probe(nn.Module):
         scales = stacked_dropout_scales(num_passes, rows, dim, rate, generator, x.device, workspace)
         masked = scales.mul_(x).view(num_passes * rows, dim)
         return matmul_nt(self.adapt(masked), weight, bias).view(num_passes, rows, -1)
+
+    @torch.no_grad()
+    def map_dropout_passes(
+        self,
+        x: Tensor,
+        num_passes: int,
+        generator: torch.Generator,
+        fn: Callable[[Tensor, Tensor], Tensor],
+        out: Tensor,
+        p: float | None = None,
+        block_passes: int | None = None,
+    ) -> Tensor:
+        """``out[rows] = fn(x[rows] (float32), their (num_passes, r, C) dropout-pass logits)``
+        over cache-sized row blocks of ``x`` (sized for ``block_passes``, default
+        ``num_passes``), and ``out``.
+
+        The blocks form up to :data:`DROPOUT_STREAMS` contiguous streams; a single stream draws
+        from ``generator`` itself, several from generators seeded by it (one draw each, in
+        order). On the CPU the streams run on ``torch.get_num_threads()`` Python threads with
+        one intra-op thread each: no OpenMP barrier per small operation (which passive waits on
+        a shared machine make costly) and the mask generators of the streams run in parallel.
+        """
+        n, dim = x.shape
+        folded = self.folded_linear()
+        rows = dropout_pass_rows(block_passes or num_passes, dim)
+        blocks = -(-n // rows)
+        count = max(1, min(DROPOUT_STREAMS, blocks))
+        bounds = [rows * (blocks * i // count) for i in range(count)] + [n]
+        gen = device_generator(generator, x.device)
+        if count == 1:
+            gens = [gen]
+        else:
+            seeds = torch.randint(0, 2**62, (count,), generator=gen, device=gen.device).tolist()
+            gens = [torch.Generator(device=x.device).manual_seed(int(seed)) for seed in seeds]
+
+        def stream(i: int) -> None:
+            workspace = dropout_workspace(num_passes, rows, dim, x.device)
+            for start in range(bounds[i], bounds[i + 1], rows):
+                stop = min(bounds[i + 1], start + rows)
+                xb = x[start:stop].float()
+                logits = self.dropout_pass_logits(xb, num_passes, gens[i], p, folded, workspace)
+                out[start:stop] = fn(xb, logits)
+
+        threads = torch.get_num_threads()
+        if x.device.type != "cpu" or threads == 1 or count == 1:
+            for i in range(count):
+                stream(i)
+            return out
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(min(threads, count)) as pool:
+                list(pool.map(stream, range(count)))  # list(): re-raises a stream's error
+        finally:
+            torch.set_num_threads(threads)
+        return out
+
+
+#: Most row streams :meth:`Probe.map_dropout_passes` splits a pool into. Each stream has its own
+#: generator seeded from the caller's, so the masks (and scores) depend on the pool size alone,
+#: not on how many threads run the streams.
+DROPOUT_STREAMS = 8
 
 
 def dropout_pass_rows(num_passes: int, dim: int) -> int:

@@ -9,9 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import alfm.probe as probe_module
 from alfm.classifiers import ResidualMLP, list_classifiers
 from alfm.cli import main
 from alfm.probe import (
+    DROPOUT_STREAMS,
     Probe,
     ProbeConfig,
     bit_fields,
@@ -95,6 +97,49 @@ def test_dropout_pass_is_inverted_dropout_of_the_input(trained):
     keep = keep_mask((30, 16), 0.75, gen(2), torch.device("cpu"))
     expected = probe.logits(x * keep / 0.25)
     assert torch.allclose(probe.dropout_logits(x, gen(2)), expected, atol=1e-5)
+
+
+def test_map_dropout_passes_streams(trained, monkeypatch):
+    """Many blocks: up to DROPOUT_STREAMS streams, each a contiguous run of blocks with a
+    generator seeded (in order) from the caller's; the same result on 1 or 2 threads."""
+    probe, x, _ = trained
+    monkeypatch.setattr(probe_module, "CPU_CACHE_BYTES", 4 * 16 * 5 * 7)  # 7 rows per block
+    rows = probe_module.dropout_pass_rows(5, 16)
+    out = probe.map_dropout_passes(
+        x, 5, gen(2), lambda xb, lg: lg.sum(dim=(0, 2)), torch.empty(300)
+    )
+    blocks = -(-300 // rows)
+    seeds = torch.randint(0, 2**62, (DROPOUT_STREAMS,), generator=gen(2)).tolist()
+    bounds = [rows * (blocks * i // DROPOUT_STREAMS) for i in range(DROPOUT_STREAMS)] + [300]
+    expected = []
+    for i, seed in enumerate(seeds):
+        g = gen(seed)
+        for start in range(bounds[i], bounds[i + 1], rows):
+            xb = x[start : min(bounds[i + 1], start + rows)]
+            expected.append(probe.dropout_pass_logits(xb, 5, g).sum(dim=(0, 2)))
+    assert torch.allclose(out, torch.cat(expected), atol=1e-4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = probe.map_dropout_passes(
+            x, 5, gen(2), lambda xb, lg: lg.sum(dim=(0, 2)), torch.empty(300)
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(out, single)
+
+
+def test_map_dropout_passes_reraises_and_restores_threads(trained, monkeypatch):
+    probe, x, _ = trained
+    monkeypatch.setattr(probe_module, "CPU_CACHE_BYTES", 4 * 16 * 5 * 7)
+    threads = torch.get_num_threads()
+
+    def failing(xb: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        raise ValueError("block failed")
+
+    with pytest.raises(ValueError, match="block failed"):
+        probe.map_dropout_passes(x, 5, gen(), failing, torch.empty(300))
+    assert torch.get_num_threads() == threads
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.1, 0.5, 0.75, 0.9])

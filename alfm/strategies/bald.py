@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from alfm.kernels import device_generator
-from alfm.probe import Probe, dropout_pass_rows, dropout_workspace
+from alfm.probe import Probe
 from alfm.strategies.base import (
     QueryContext,
     RankedSelection,
@@ -24,26 +24,18 @@ def mutual_information(
 ) -> Tensor:
     """(N,) BALD score ``H(mean p) − mean H(p)`` over ``num_passes`` dropout passes, ≥ 0.
 
-    The passes of a cache-sized block of rows run as one matrix product
-    (:meth:`~alfm.probe.Probe.dropout_pass_logits`) and are reduced at once, so memory is
-    O(block · passes · C): nothing of size passes × N × C is ever stored.
+    The passes of a cache-sized block of rows run as one matrix product and are reduced at once
+    (:meth:`~alfm.probe.Probe.map_dropout_passes`), so memory is O(block · passes · C): nothing
+    of size passes × N × C is ever stored.
     """
-    gen = device_generator(generator, features.device)
-    folded = probe.folded_linear()
-    rows = dropout_pass_rows(num_passes, features.shape[1])
-    workspace = dropout_workspace(num_passes, rows, features.shape[1], features.device)
 
-    def block_mi(xb: Tensor) -> Tensor:
-        logits = probe.dropout_pass_logits(xb, num_passes, gen, folded=folded, workspace=workspace)
+    def block_mi(xb: Tensor, logits: Tensor) -> Tensor:
         p = logits.softmax(dim=2)
         pass_entropy = entropy(p.view(-1, p.shape[2])).view(num_passes, -1)
         return (entropy(p.mean(dim=0)) - pass_entropy.mean(dim=0)).clamp_min_(0.0)
 
-    n = features.shape[0]
-    scores = torch.empty(n, device=features.device)
-    for start in range(0, n, rows):
-        scores[start : start + rows] = block_mi(features[start : start + rows].float())
-    return scores
+    scores = torch.empty(features.shape[0], device=features.device)
+    return probe.map_dropout_passes(features, num_passes, generator, block_mi, scores)
 
 
 class _MutualInformation(Strategy):

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alfm.kernels import device_generator, matmul_nt
-from alfm.probe import dropout_pass_rows, dropout_workspace
+from alfm.kernels import matmul_nt
 from alfm.strategies.base import (
     QueryContext,
     Strategy,
@@ -48,20 +47,17 @@ class DropQuery(Strategy):
     def mismatches(self, ctx: QueryContext, generator: torch.Generator) -> Tensor:
         """(N,) number of dropout passes whose predicted class differs from the clean one."""
         probe, features = ctx.probe, ctx.features
-        gen = device_generator(generator, features.device)
         folded = probe.folded_linear()
-        rows = dropout_pass_rows(self.num_passes + 1, features.shape[1])
-        workspace = dropout_workspace(self.num_passes, rows, features.shape[1], features.device)
-        n = features.shape[0]
-        total = torch.empty(n, dtype=torch.int64, device=features.device)
-        for start in range(0, n, rows):  # the passes of a block of rows as one product
-            xb = features[start : start + rows].float()
+
+        def block_mismatches(xb: Tensor, dropped: Tensor) -> Tensor:
             clean = matmul_nt(xb, *folded).argmax(dim=1)
-            dropped = probe.dropout_pass_logits(
-                xb, self.num_passes, gen, self.dropout, folded, workspace
-            )
-            total[start : start + rows] = (dropped.argmax(dim=2) != clean).sum(dim=0)
-        return total
+            return (dropped.argmax(dim=2) != clean).sum(dim=0)
+
+        total = torch.empty(features.shape[0], dtype=torch.int64, device=features.device)
+        return probe.map_dropout_passes(
+            features, self.num_passes, generator, block_mismatches, total, self.dropout,
+            block_passes=self.num_passes + 1,
+        )  # fmt: skip
 
     def select(self, ctx: QueryContext, budget: int, generator: torch.Generator) -> Tensor:
         unlabeled = ctx.unlabeled
