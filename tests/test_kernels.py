@@ -377,3 +377,18 @@ def test_peak_memory_stays_chunked():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     extra_mb = float(out.stdout.strip().splitlines()[-1])
     assert extra_mb < 400, f"peak extra memory {extra_mb:.0f} MB suggests an N×N matrix"
+
+
+def test_block_passes_release_the_heap(monkeypatch):
+    """k-means, the range graph and the label-distance pass hand freed heap back afterwards,
+    also when they fail (glibc keeps freed block temporaries otherwise)."""
+    calls = []
+    monkeypatch.setattr(K, "_malloc_trim", lambda: calls.append)
+    x = torch.randn(40, 3, generator=gen(30))
+    K.kmeans(x, 3, gen())
+    K.range_graph(x, 0.5)
+    K.nearest_other_label_sq_distances(x, torch.arange(40) % 2)
+    assert calls == [0, 0, 0]
+    with pytest.raises(ValueError, match="delta"):
+        K.range_graph(x, -1.0)
+    assert calls == [0, 0, 0, 0]
