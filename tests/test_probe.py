@@ -101,9 +101,11 @@ def test_dropout_pass_is_inverted_dropout_of_the_input(trained):
 
 def test_map_dropout_passes_streams(trained, monkeypatch):
     """Many blocks: up to DROPOUT_STREAMS streams, each a contiguous run of blocks with a
-    generator seeded (in order) from the caller's; the same result on 1 or 2 threads."""
+    generator seeded (in order) from the caller's; the same result on 1 or 2 threads and with
+    the streams run one after the other."""
     probe, x, _ = trained
     monkeypatch.setattr(probe_module, "CPU_CACHE_BYTES", 4 * 16 * 5 * 7)  # 7 rows per block
+    monkeypatch.setattr(probe_module, "THREADED_PASS_ENTRIES", 0)  # threads even for this pool
     rows = probe_module.dropout_pass_rows(5, 16)
     out = probe.map_dropout_passes(
         x, 5, gen(2), lambda xb, lg: lg.sum(dim=(0, 2)), torch.empty(300)
@@ -127,11 +129,17 @@ def test_map_dropout_passes_streams(trained, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(out, single)
+    monkeypatch.setattr(probe_module, "THREADED_PASS_ENTRIES", 2**62)
+    sequential = probe.map_dropout_passes(
+        x, 5, gen(2), lambda xb, lg: lg.sum(dim=(0, 2)), torch.empty(300)
+    )
+    assert torch.equal(out, sequential)
 
 
 def test_map_dropout_passes_reraises_and_restores_threads(trained, monkeypatch):
     probe, x, _ = trained
     monkeypatch.setattr(probe_module, "CPU_CACHE_BYTES", 4 * 16 * 5 * 7)
+    monkeypatch.setattr(probe_module, "THREADED_PASS_ENTRIES", 0)
     threads = torch.get_num_threads()
 
     def failing(xb: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
