@@ -183,19 +183,28 @@ def min_sq_distances(
         raise ValueError("min_sq_distances needs at least one center")
     if x.shape[1] != centers.shape[1]:
         raise ValueError(f"dimension mismatch: x has D={x.shape[1]}, centers D={centers.shape[1]}")
-    c = _f32(centers)
-    c_sq = _sq_norms(c)
     n = x.shape[0]
-    chunk = chunk_size or auto_chunk(c.shape[0], x.device)
     mins = torch.empty(n, dtype=torch.float32, device=x.device)
     args = torch.empty(n, dtype=torch.int64, device=x.device)
-    for start in range(0, n, chunk):
-        xc = _f32(x[start : start + chunk])
-        d = _partial_block(xc, c, c_sq)
-        torch.min(d, dim=1, out=(mins[start : start + chunk], args[start : start + chunk]))
-        xc_sq = _sq_norms(xc) if x_sq is None else x_sq[start : start + chunk]
-        mins[start : start + chunk].add_(xc_sq).clamp_min_(0.0)
+    for idx, xc, partial in _partial_chunks(x, _f32(centers), chunk=chunk_size):
+        torch.min(partial, dim=1, out=(mins[idx], args[idx]))
+        mins[idx].add_(_sq_norms(xc) if x_sq is None else x_sq[idx]).clamp_min_(0.0)
     return mins, args
+
+
+def _partial_chunks(
+    x: Tensor, centers: Tensor, rows: Tensor | None = None, chunk: int | None = None
+) -> Iterator[tuple[Tensor | slice, Tensor, Tensor]]:
+    """``(rows of x, those rows as float32, ‖c‖² − 2 x·c for them)`` chunk by chunk over ``x``
+    (or over ``x[rows]``, gathered per chunk) for float32 ``centers``: the values whose row minima
+    plus ``‖x‖²`` are :func:`min_sq_distances`."""
+    c_sq = _sq_norms(centers)
+    n = x.shape[0] if rows is None else rows.numel()
+    chunk = chunk or auto_chunk(centers.shape[0], x.device)
+    for start in range(0, n, chunk):
+        idx = slice(start, start + chunk) if rows is None else rows[start : start + chunk]
+        xc = _f32(x[idx] if rows is None else x.index_select(0, idx))
+        yield idx, xc, _partial_block(xc, centers, c_sq)
 
 
 def _progress(total: int, work: float, desc: str) -> tqdm:
@@ -503,20 +512,6 @@ def _sq_distance_error(d: int, x_norm: float, c_norm: float, device: torch.devic
     return (d * u / max(1e-12, 1.0 - d * u) + 4 * u) * (x_norm + c_norm) ** 2
 
 
-def _partial_chunks(
-    x: Tensor, centers: Tensor, rows: Tensor | None = None
-) -> Iterator[tuple[Tensor | slice, Tensor]]:
-    """``(rows of x, ‖c‖² − 2 x·c for them)`` chunk by chunk over ``x`` (or over ``x[rows]``,
-    gathered per chunk): the float32 values :func:`min_sq_distances` takes its minima of."""
-    c_sq = _sq_norms(centers)
-    n = x.shape[0] if rows is None else rows.numel()
-    chunk = auto_chunk(centers.shape[0], x.device)
-    for start in range(0, n, chunk):
-        idx = slice(start, start + chunk) if rows is None else rows[start : start + chunk]
-        xc = x[idx] if rows is None else x.index_select(0, idx)
-        yield idx, _partial_block(xc, centers, c_sq)
-
-
 class _LloydAssignment:
     """Each row's nearest centroid, with Elkan's bounds where they fit in memory (k ≤ D: at most
     the feature matrix's size): an upper bound on the distance to its own centroid and a lower
@@ -539,7 +534,7 @@ class _LloydAssignment:
         """Recompute ``rows`` (default all) against ``centroids`` and reset their bounds."""
         c_norm = float(torch.linalg.vector_norm(centroids, dim=1).max())
         self.error = _sq_distance_error(self.x.shape[1], self.x_norm, c_norm, self.x.device)
-        for idx, partial in _partial_chunks(self.x, centroids, rows):
+        for idx, _, partial in _partial_chunks(self.x, centroids, rows):
             best, args = torch.min(partial, dim=1)
             self.assign[idx] = args
             if self.bounded:
@@ -556,6 +551,7 @@ class _LloydAssignment:
         if not self.bounded:
             self.refresh(centroids, None)
             return
+        moved = moved * (1.0 + 1e-6)  # covers the float32 rounding of the shifts themselves
         self.upper.add_(moved[self.assign])
         other = self.lower.sub_(moved).amin(dim=1)  # own centroid: inf − shift = inf
         stale = (self.upper.square() + 2 * self.error >= other.square()) | (other <= 0)
@@ -599,7 +595,7 @@ def kmeans(
         diff = new - centroids
         shift = diff.square().sum()
         centroids = new
-        nearest.update(centroids, torch.linalg.vector_norm(diff, dim=1).mul_(1.0 + 1e-6))
+        nearest.update(centroids, torch.linalg.vector_norm(diff, dim=1))
         if shift <= threshold:
             break
     return centroids, nearest.assign

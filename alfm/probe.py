@@ -354,7 +354,6 @@ class Probe(nn.Module):
         and the mask generators of the streams run in parallel. Either way, same results.
         """
         n, dim = x.shape
-        threads_before = torch.get_num_threads()
         folded = self.folded_linear()
         rows = dropout_pass_rows(block_passes or num_passes, dim)
         blocks = -(-n // rows)
@@ -376,7 +375,8 @@ class Probe(nn.Module):
                     logits = self.dropout_pass_logits(xb, num_passes, gens[i], p, folded, workspace)
                     out[start:stop] = fn(xb, logits)
 
-        threads = min(torch.get_num_threads(), count)
+        threads_before = torch.get_num_threads()
+        threads = min(threads_before, count)
         if x.device.type != "cpu" or threads == 1 or num_passes * n * dim < THREADED_PASS_ENTRIES:
             streams(range(count))
             return out
